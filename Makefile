@@ -1,0 +1,53 @@
+# One-command setup, run and test. See README.md.
+#   make run   - create .venv if missing, install, generate the synthetic data,
+#                execute every notebook in place at the tutorial profile
+#   make test  - same setup, then pytest over tests/ and nbval over notebooks/ (smoke profile)
+#   make lab   - open JupyterLab on notebooks/
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PROFILE ?= tutorial
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: setup data run test unit nbval lab bench clean-cache help
+
+help:
+	@echo "make run | make test | make lab | make bench | make clean-cache"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+data: setup
+	FIREARM_PROFILE=$(PROFILE) $(PY) -c "from helpers import data; print(data.load_active_release())"
+
+run: data
+	FIREARM_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=3600 $(NOTEBOOKS)
+	$(VENV)/bin/nbstripout --keep-output --keep-count $(NOTEBOOKS)
+
+unit: setup
+	$(PY) -m pytest tests
+
+nbval: setup
+	FIREARM_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider notebooks/
+
+test: unit nbval
+
+lab: setup
+	$(PY) -m jupyter lab notebooks/
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean-cache:
+	rm -rf cache

@@ -1,0 +1,210 @@
+"""Profiles, paths, seeding and device choice.
+
+Introduced in ``01_dataset_exploration``. Everything that depends on the
+profile reads it through :func:`get_profile`, which looks at the
+``FIREARM_PROFILE`` environment variable in exactly one place.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository root: every path in the project is anchored here, never at the working directory."""
+
+DATA_DIR = REPO_ROOT / "data"
+CACHE_DIR = REPO_ROOT / "cache"
+FIGURES_DIR = REPO_ROOT / "figures"
+DEFAULT_SEED = 0
+PROFILE_ENV = "FIREARM_PROFILE"
+DATA_ENV = "FIREARM_DATA"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every size and schedule that changes between ``smoke``, ``tutorial`` and ``paper``.
+
+    Introduced in ``01_dataset_exploration``. The ``paper`` profile holds the
+    authors' settings (DESIGN §1); the other two scale them down for a CPU.
+    """
+
+    name: str
+    # --- synthetic data (ignored when FIREARM_DATA points at the real release)
+    n_train_categories: int
+    n_val_categories: int
+    n_test_categories: int
+    images_per_category: tuple[int, int]   # (min, max) of the long-tailed count
+    render_size: int                       # longest side of a rendered image, pixels
+    queries_per_category: int              # queries per unseen category in validation/test
+    # --- transforms (longest side, pixels)
+    train_size_range: tuple[int, int]      # random resize of the longest side during training
+    eval_size: int                         # longest side at evaluation, no crop
+    # --- model
+    backbone: str
+    weights: str | None                    # None (random init) or "imagenet"
+    pooling: str
+    embedding_dim: int | None              # optional projection; None keeps the backbone width
+    # --- optimiser (SGD)
+    lr: float
+    momentum: float
+    weight_decay: float
+    # --- stage 1: classification
+    cls_epochs: int
+    cls_lr_step: int                       # lr x 0.1 every this many epochs
+    cls_batch_size: int
+    # --- stage 2: retrieval
+    ret_epochs: int
+    ret_lr_step: int
+    ret_batch_size: int                    # pairs (or triplets) per batch
+    pairs_per_category: int                # per epoch, half positive, half negative
+    regenerate_every: int                  # epochs between pair re-draws
+    pos_margin: float                      # double margin m1
+    neg_margin: float                      # double margin m2
+    single_margin: float                   # single margin m
+    triplet_margin: float
+    # --- runtime
+    num_workers: int
+    eval_batch_size: int
+
+    def to_dict(self) -> dict:
+        """Plain-dict view, used for cache keys and for printing in notebooks."""
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(
+        name="paper",
+        n_train_categories=127, n_val_categories=20, n_test_categories=20,
+        images_per_category=(20, 250), render_size=384, queries_per_category=5,
+        train_size_range=(256, 384), eval_size=384,
+        backbone="vgg16", weights="imagenet", pooling="mac", embedding_dim=None,
+        lr=1e-3, momentum=0.9, weight_decay=5e-4,
+        cls_epochs=50, cls_lr_step=30, cls_batch_size=32,
+        ret_epochs=30, ret_lr_step=10, ret_batch_size=16,
+        pairs_per_category=360, regenerate_every=5,
+        pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
+        num_workers=8, eval_batch_size=16,
+    ),
+    "tutorial": Profile(
+        name="tutorial",
+        n_train_categories=127, n_val_categories=20, n_test_categories=20,
+        images_per_category=(12, 60), render_size=64, queries_per_category=5,
+        train_size_range=(48, 64), eval_size=64,
+        backbone="small", weights=None, pooling="mac", embedding_dim=None,
+        lr=1e-2, momentum=0.9, weight_decay=5e-4,
+        cls_epochs=10, cls_lr_step=7, cls_batch_size=64,
+        ret_epochs=6, ret_lr_step=4, ret_batch_size=64,
+        pairs_per_category=40, regenerate_every=2,
+        pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
+        num_workers=0, eval_batch_size=256,
+    ),
+    "smoke": Profile(
+        name="smoke",
+        n_train_categories=12, n_val_categories=4, n_test_categories=4,
+        images_per_category=(6, 14), render_size=40, queries_per_category=2,
+        train_size_range=(32, 40), eval_size=40,
+        backbone="small", weights=None, pooling="mac", embedding_dim=None,
+        lr=1e-2, momentum=0.9, weight_decay=5e-4,
+        cls_epochs=2, cls_lr_step=1, cls_batch_size=32,
+        ret_epochs=2, ret_lr_step=1, ret_batch_size=32,
+        pairs_per_category=16, regenerate_every=1,
+        pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
+        num_workers=0, eval_batch_size=128,
+    ),
+}
+
+
+def profile_name() -> str:
+    """The active profile's name, read from ``FIREARM_PROFILE`` (default ``tutorial``).
+
+    Introduced in ``01_dataset_exploration``. This is the only place the
+    variable is read.
+    """
+    name = os.environ.get(PROFILE_ENV, "tutorial").strip().lower() or "tutorial"
+    if name not in PROFILES:
+        raise ValueError(
+            f"{PROFILE_ENV}={name!r} is not a known profile; expected one of {sorted(PROFILES)}"
+        )
+    return name
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """Return the named profile (default: the active one), with optional field overrides.
+
+    Introduced in ``01_dataset_exploration``. ``get_profile(ret_epochs=3)``
+    returns a copy of the active profile with one field changed.
+    """
+    profile = PROFILES[name or profile_name()]
+    return replace(profile, **overrides) if overrides else profile
+
+
+def synthetic_root(profile: Profile | str | None = None, seed: int = DEFAULT_SEED) -> Path:
+    """Where the synthetic release of a profile lives: ``data/synthetic/<profile>-seed<seed>``.
+
+    Introduced in ``01_dataset_exploration``.
+    """
+    name = profile.name if isinstance(profile, Profile) else (profile or profile_name())
+    return DATA_DIR / "synthetic" / f"{name}-seed{seed}"
+
+
+def real_data_root() -> Path | None:
+    """The real Firearm 14k root from ``FIREARM_DATA``, or ``None`` when it is unset.
+
+    Introduced in ``01_dataset_exploration``. Relative values are taken
+    relative to the repository root, so notebooks see the same path whatever
+    their working directory.
+    """
+    value = os.environ.get(DATA_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder under the gitignored ``cache/`` (created on demand).
+
+    Introduced in ``03_loss_comparison``; the load-or-train cache lives here.
+    """
+    path = CACHE_DIR.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int = DEFAULT_SEED) -> int:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) and return the seed.
+
+    Introduced in ``01_dataset_exploration``. On CPU this makes a training run
+    repeatable; on a GPU some cuDNN kernels stay non-deterministic.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:  # the data generator works without torch
+        return seed
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    return seed
+
+
+def get_device(prefer: str | None = None):
+    """The device to use: ``prefer`` if given, else CUDA, then Apple MPS, then CPU.
+
+    Introduced in ``03_loss_comparison``.
+    """
+    import torch
+
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
