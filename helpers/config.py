@@ -17,7 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository root: every path in the project is anchored here, never at the working directory."""
 
 DATA_DIR = REPO_ROOT / "data"
-CACHE_DIR = REPO_ROOT / "cache"
+CACHE_ENV = "FIREARM_CACHE"
+CACHE_DIR = Path(os.environ.get(CACHE_ENV) or REPO_ROOT / "cache")
+"""Trained runs are cached here; ``FIREARM_CACHE`` moves it (benchmarks use a fresh one)."""
 FIGURES_DIR = REPO_ROOT / "figures"
 DEFAULT_SEED = 0
 PROFILE_ENV = "FIREARM_PROFILE"

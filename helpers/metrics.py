@@ -1,0 +1,405 @@
+"""Embedding extraction and retrieval metrics: AP, mAP, Recall@K and the PCA sweep.
+
+Introduced in ``03_loss_comparison``. Every query is ranked against the
+database by cosine similarity (embeddings are L2-normalised again here, in
+case they were not). ``ground_truth`` is a list with one integer array per
+query holding the positions in the database of its relevant items.
+
+Two flavours of average precision are offered; every table says which one it
+uses:
+
+* ``mode="trapezoid"``: the Oxford/Paris ``compute_ap`` protocol used by the
+  DeepFirearm authors. For the k-th hit (k = 0, 1, ...) at 0-based rank r it
+  averages the precision just before and just after the hit::
+
+      p0 = k / r  (1 when r = 0),   p1 = (k + 1) / (r + 1),
+      AP = sum over hits of (p0 + p1) / 2 / n_relevant
+
+* ``mode="standard"``: non-interpolated AP, the mean over relevant items of
+  the precision at their rank, ``(k + 1) / (r + 1)``. Without tied scores it
+  equals ``sklearn.metrics.average_precision_score``.
+
+Everything is vectorised over queries: one similarity matmul and one sort per
+chunk of queries, then only the ranks of the relevant items are used.
+Exactly tied scores are ordered by ``torch.sort(..., stable=True)``, i.e. the
+lower database position comes first.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
+
+AP_MODES = ("trapezoid", "standard")
+DEFAULT_KS = (1, 2, 4, 8, 16, 32)
+DEFAULT_PCA_DIMS = (16, 32, 64, 128, 256, 512)
+CHUNK_ELEMENTS = 2**25
+"""Largest score matrix (queries x database entries) handled in one piece (~34M, ~0.6 GB)."""
+
+
+# --------------------------------------------------------------------------- extraction
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _as_loader(dataset_or_loader, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    if isinstance(dataset_or_loader, DataLoader):
+        if isinstance(dataset_or_loader.sampler, RandomSampler):
+            raise ValueError("the DataLoader shuffles its data: embeddings would not come back in "
+                             "dataset order; pass the Dataset or a DataLoader with shuffle=False")
+        return dataset_or_loader
+    if not isinstance(dataset_or_loader, Dataset):
+        raise TypeError("expected a torch Dataset returning (image, label) or a DataLoader, got "
+                        f"{type(dataset_or_loader).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
+def _images_of(batch) -> Tensor:
+    images = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected batches of (image tensor, label), got {type(images).__name__}")
+    return images
+
+
+@torch.no_grad()
+def extract_embeddings(model: nn.Module, dataset_or_loader, batch_size: int = 256,
+                       device=None, num_workers: int = 0, progress: bool = True) -> Tensor:
+    """Embed every image of a dataset with ``model``; return a float32 CPU tensor (N, D).
+
+    Introduced in ``03_loss_comparison``. ``dataset_or_loader`` is a Dataset
+    whose items are ``(image, label)`` (a non-shuffling DataLoader over one is
+    accepted as well); rows come back in dataset order. The model runs in eval
+    mode under ``torch.no_grad()`` and every submodule's train/eval mode is
+    restored afterwards. ``device=None`` uses the device the model is on; an
+    explicit device moves the model there. A progress bar is shown unless
+    ``progress=False``.
+    """
+    if device is None:
+        device = _model_device(model)
+    else:
+        device = torch.device(device)
+        model.to(device)
+    loader = _as_loader(dataset_or_loader, batch_size, num_workers, device.type == "cuda")
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    chunks = []
+    try:
+        for batch in tqdm(loader, desc="embedding", disable=not progress, leave=False):
+            out = model(_images_of(batch).to(device, non_blocking=True))
+            if not isinstance(out, Tensor) or out.dim() != 2:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"the model must return a (batch, dim) embedding tensor, got {got}")
+            chunks.append(out.float().cpu())
+    finally:
+        for module, was_training in modes:
+            module.train(was_training)
+    if not chunks:
+        raise ValueError("the dataset is empty: nothing to embed")
+    return torch.cat(chunks)
+
+
+# --------------------------------------------------------------------------- inputs
+def _as_embeddings(x, name: str) -> Tensor:
+    """Float32 tensor (rows, dim), L2-normalised, from a torch tensor or NumPy array."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch tensor or NumPy array, got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (n, dim) with n, dim >= 1, got {tuple(x.shape)}")
+    x = x.detach().to(torch.float32)
+    # a single sum is much cheaper than an element-wise check and is non-finite whenever an element is
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return F.normalize(x, dim=1)
+
+
+def _pair_of_embeddings(query_emb, db_emb) -> tuple[Tensor, Tensor]:
+    queries = _as_embeddings(query_emb, "query_emb")
+    database = _as_embeddings(db_emb, "db_emb").to(queries.device)
+    if queries.shape[1] != database.shape[1]:
+        raise ValueError(f"query_emb and db_emb must have the same dim, got {queries.shape[1]} "
+                         f"and {database.shape[1]}")
+    return queries, database
+
+
+def _ground_truth_keys(ground_truth: Sequence, n_queries: int, n_db: int) -> np.ndarray:
+    """Sorted unique flat keys ``query * n_db + db_position`` of all relevant (query, item) pairs."""
+    if len(ground_truth) != n_queries:
+        raise ValueError(f"ground_truth has {len(ground_truth)} entries but there are {n_queries} queries")
+    arrays = [np.asarray(g.cpu() if isinstance(g, Tensor) else g).reshape(-1) for g in ground_truth]
+    lengths = np.array([a.size for a in arrays], dtype=np.int64)
+    if (lengths == 0).any():
+        first = int(np.flatnonzero(lengths == 0)[0])
+        raise ValueError(f"query {first} has an empty ground truth: every query needs at least one "
+                         f"relevant database item")
+    positions = np.concatenate(arrays)
+    if positions.dtype.kind not in "iu":
+        raise ValueError(f"ground truth must hold integer database positions, got dtype {positions.dtype}")
+    queries = np.repeat(np.arange(n_queries, dtype=np.int64), lengths)
+    bad = (positions < 0) | (positions >= n_db)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"query {queries[first]} names database position {positions[first]}, "
+                         f"expected 0 <= position < {n_db}")
+    return np.unique(queries * n_db + positions.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- ranking
+def _stable_descending_order(scores: Tensor) -> Tensor:
+    """Column order of each row by descending score; exact ties keep the lower index first."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def _chunks(n_queries: int, n_db: int) -> Iterable[tuple[int, int]]:
+    step = max(1, CHUNK_ELEMENTS // n_db)
+    for start in range(0, n_queries, step):
+        yield start, min(start + step, n_queries)
+
+
+def similarity_ranking(query_emb, db_emb, k: int | None = None) -> np.ndarray:
+    """Database positions sorted by descending cosine similarity, one row per query.
+
+    Introduced in ``05_embedding_visualization`` (retrieval galleries). Returns
+    an int64 array (Q, N), or (Q, min(k, N)) with ``k``. Exact ties keep the
+    lower database position first.
+    """
+    queries, database = _pair_of_embeddings(query_emb, db_emb)
+    width = database.shape[0] if k is None else min(int(k), database.shape[0])
+    if width < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    rows = []
+    for start, stop in _chunks(queries.shape[0], database.shape[0]):
+        order = _stable_descending_order(queries[start:stop] @ database.T)
+        rows.append(order[:, :width].cpu())
+    return torch.cat(rows).numpy()
+
+
+def _relevant_ranks(query_emb, db_emb, ground_truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of all relevant items: (query of each hit, 0-based rank of each hit, n_relevant per query).
+
+    Hits come grouped by query and sorted by rank within a query. Per chunk of
+    queries: one matmul, one stable sort, a relevance mask built with a single
+    scatter, reordered by the ranking, and the positions of its True entries.
+    """
+    queries, database = _pair_of_embeddings(query_emb, db_emb)
+    n_queries, n_db = queries.shape[0], database.shape[0]
+    keys = _ground_truth_keys(ground_truth, n_queries, n_db)
+    n_relevant = np.bincount(keys // n_db, minlength=n_queries)
+    key_bounds = np.searchsorted(keys, np.arange(n_queries + 1, dtype=np.int64) * n_db)
+    keys_t = torch.from_numpy(keys).to(queries.device)
+    hit_query, hit_rank = [], []
+    for start, stop in _chunks(n_queries, n_db):
+        order = _stable_descending_order(queries[start:stop] @ database.T)
+        relevant = torch.zeros((stop - start) * n_db, dtype=torch.bool, device=queries.device)
+        relevant[keys_t[key_bounds[start]:key_bounds[stop]] - start * n_db] = True
+        rows, ranks = relevant.view(stop - start, n_db).gather(1, order).nonzero(as_tuple=True)
+        hit_query.append((rows + start).cpu())
+        hit_rank.append(ranks.cpu())
+    return torch.cat(hit_query).numpy(), torch.cat(hit_rank).numpy(), n_relevant
+
+
+def _hit_numbers(n_relevant: np.ndarray) -> np.ndarray:
+    """0-based number k of each hit within its query, for hits grouped by query."""
+    first = np.cumsum(n_relevant) - n_relevant
+    return np.arange(int(n_relevant.sum())) - np.repeat(first, n_relevant)
+
+
+def _average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode: str) -> np.ndarray:
+    if mode not in AP_MODES:
+        raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
+    k = _hit_numbers(n_relevant).astype(np.float64)
+    r = hit_rank.astype(np.float64)
+    after = (k + 1) / (r + 1)
+    if mode == "standard":
+        precision = after
+    else:
+        before = np.where(r > 0, k / np.maximum(r, 1), 1.0)
+        precision = (before + after) / 2
+    sums = np.bincount(hit_query, weights=precision, minlength=n_relevant.size)
+    return sums / n_relevant
+
+
+def _recall_from_ranks(hit_query, hit_rank, n_relevant, n_db: int, ks) -> dict[int, float]:
+    ks = _check_ks(ks)
+    first_rank = hit_rank[_hit_numbers(n_relevant) == 0]
+    return {k: float(np.mean(first_rank < min(k, n_db))) for k in ks}
+
+
+def _check_ks(ks) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty list of integers >= 1, got {ks}")
+    return ks
+
+
+# --------------------------------------------------------------------------- metrics
+def average_precision(query_emb, db_emb, ground_truth, mode: str = "trapezoid") -> np.ndarray:
+    """Average precision of every query, a float64 array (Q,).
+
+    Introduced in ``03_loss_comparison``. ``mode`` is ``"trapezoid"`` (the
+    paper's Oxford/Paris protocol) or ``"standard"`` (non-interpolated, as
+    scikit-learn); see the module docstring for the formulas. Duplicate
+    positions in a query's ground truth count once.
+    """
+    if mode not in AP_MODES:
+        raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
+    return _average_precision_from_ranks(*_relevant_ranks(query_emb, db_emb, ground_truth), mode)
+
+
+def mean_average_precision(query_emb, db_emb, ground_truth,
+                           mode: str = "trapezoid") -> tuple[float, np.ndarray]:
+    """Return ``(mAP, per-query APs)``: the mean of :func:`average_precision` over queries.
+
+    Introduced in ``03_loss_comparison``.
+    """
+    aps = average_precision(query_emb, db_emb, ground_truth, mode=mode)
+    return float(aps.mean()), aps
+
+
+def recall_at_k(query_emb, db_emb, ground_truth, ks=DEFAULT_KS) -> dict[int, float]:
+    """Recall@K: the fraction of queries with at least one relevant item among their top K.
+
+    Introduced in ``03_loss_comparison``. Returns ``{k: recall}``; a K larger
+    than the database is capped at the database size.
+    """
+    ks = _check_ks(ks)
+    hits = _relevant_ranks(query_emb, db_emb, ground_truth)
+    return _recall_from_ranks(*hits, n_db=len(db_emb), ks=ks)
+
+
+def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = None) -> dict:
+    """One tidy result row: both mAP flavours and Recall@K from a single ranking.
+
+    Introduced in ``03_loss_comparison``. Keys: ``"name"`` (when given),
+    ``"mAP (trapezoid)"``, ``"mAP (standard)"``, then ``"R@1"``, ``"R@2"``, ...
+    Values are fractions in [0, 1]. ``pandas.DataFrame([evaluate(...), ...])``
+    makes a results table.
+    """
+    ks = _check_ks(ks)
+    hits = _relevant_ranks(query_emb, db_emb, ground_truth)
+    row = {} if name is None else {"name": name}
+    for mode in AP_MODES:
+        row[f"mAP ({mode})"] = float(_average_precision_from_ranks(*hits, mode).mean())
+    for k, value in _recall_from_ranks(*hits, n_db=len(db_emb), ks=ks).items():
+        row[f"R@{k}"] = value
+    return row
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    array = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (n, dim) with n >= 1, got {array.shape}")
+    return array.astype(np.float64)
+
+
+def pca_sweep(query_emb, db_emb, ground_truth, dims=DEFAULT_PCA_DIMS, fit_on=None) -> pd.DataFrame:
+    """mAP and Recall@1 after PCA reduction to each dimension in ``dims``.
+
+    Introduced in ``04_two_stage_training``. A ``sklearn.decomposition.PCA``
+    (no whitening) is fitted once on ``fit_on`` (default: the database
+    embeddings); each dimension keeps the leading components, and the
+    projected embeddings are L2-normalised again before ranking. Dimensions
+    above ``min(embedding size, number of fitting samples)`` are dropped and
+    that full dimension is always included. At the full dimension PCA is only
+    a centring plus a rotation, so that row equals the metrics of the centred
+    embeddings (not quite those of the raw ones).
+
+    Columns: ``dim``, ``mAP (trapezoid)``, ``mAP (standard)``, ``R@1`` and
+    ``explained variance`` (cumulative ratio of the fitted variance kept).
+    """
+    from sklearn.decomposition import PCA
+
+    queries, database = _to_numpy(query_emb, "query_emb"), _to_numpy(db_emb, "db_emb")
+    fit = database if fit_on is None else _to_numpy(fit_on, "fit_on")
+    if not queries.shape[1] == database.shape[1] == fit.shape[1]:
+        raise ValueError(f"embedding sizes differ: query {queries.shape[1]}, database "
+                         f"{database.shape[1]}, fit_on {fit.shape[1]}")
+    dims = sorted({int(d) for d in dims})
+    if not dims or dims[0] < 1:
+        raise ValueError(f"dims must be integers >= 1, got {dims}")
+    full = min(fit.shape)
+    kept = [d for d in dims if d < full] + [full]
+    pca = PCA(n_components=full, whiten=False, svd_solver="full").fit(fit)
+    q_proj, db_proj = pca.transform(queries), pca.transform(database)
+    explained = np.cumsum(pca.explained_variance_ratio_)
+    rows = []
+    for dim in kept:
+        row = evaluate(q_proj[:, :dim].astype(np.float32), db_proj[:, :dim].astype(np.float32),
+                       ground_truth, ks=(1,))
+        rows.append({"dim": dim, **row, "explained variance": float(explained[dim - 1])})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- distances
+def _category_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For category codes 0..C-1: items sorted by category, each category's start and size there."""
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    first = np.cumsum(counts) - counts
+    return order, first, counts
+
+
+def _positive_partners(codes: np.ndarray, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random other item of the same category for each anchor (its category has >= 2)."""
+    order, first, counts = _category_groups(codes)
+    slot = np.empty(len(codes), dtype=np.int64)
+    slot[order] = np.arange(len(codes)) - np.repeat(first, counts)
+    own = codes[anchors]
+    partner_slot = (slot[anchors] + rng.integers(1, counts[own])) % counts[own]
+    return order[first[own] + partner_slot]
+
+
+def _negative_partners(codes: np.ndarray, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random item of another category for each anchor."""
+    order, first, counts = _category_groups(codes)
+    own = codes[anchors]
+    # draw among the items outside the anchor's category, then step over that category's block
+    offset = rng.integers(0, len(codes) - counts[own])
+    offset = offset + np.where(offset >= first[own], counts[own], 0)
+    return order[offset]
+
+
+def distance_pairs(emb, labels, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances of ``n_pairs`` random positive and ``n_pairs`` random negative pairs.
+
+    Introduced in ``03_loss_comparison`` for distance histograms. Embeddings
+    are L2-normalised first, so distances lie in [0, 2] as in the losses.
+    Anchors are drawn uniformly among items (of categories with at least two
+    items, for positives); a positive partner is a uniformly random other item
+    of the same category, a negative partner one of another category. Returns
+    ``(distances, y)``: float64 (2 * n_pairs,) and int64 (2 * n_pairs,), with
+    y = 1 for the positive pairs (first half) and 0 for the negative ones.
+    """
+    x = _as_embeddings(emb, "emb").cpu().numpy().astype(np.float64)
+    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).reshape(-1)
+    if len(labels) != len(x):
+        raise ValueError(f"labels has {len(labels)} entries but emb has {len(x)} rows")
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+    values, codes = np.unique(labels, return_inverse=True)
+    counts = np.bincount(codes)
+    if len(values) < 2:
+        raise ValueError("labels hold a single category: negative pairs need at least two")
+    if counts.max() < 2:
+        raise ValueError("every category has one item: positive pairs need a category with two")
+    rng = np.random.default_rng(seed)
+    pos_a = rng.choice(np.flatnonzero(counts[codes] >= 2), size=n_pairs)
+    pos_b = _positive_partners(codes, pos_a, rng)
+    neg_a = rng.integers(0, len(x), size=n_pairs)
+    neg_b = _negative_partners(codes, neg_a, rng)
+    a, b = np.concatenate([pos_a, neg_a]), np.concatenate([pos_b, neg_b])
+    distances = np.linalg.norm(x[a] - x[b], axis=1)
+    y = np.repeat(np.array([1, 0], dtype=np.int64), n_pairs)
+    return distances, y
