@@ -965,3 +965,18 @@ class PKBatchSampler(torch.utils.data.Sampler):
                 ranks = rng.choice(count, size=self.k, replace=count < self.k)
                 batch.extend(self.index.member(np.full(self.k, category), ranks).tolist())
             yield batch
+
+
+def image_sizes(paths) -> pd.DataFrame:
+    """Width and height of every image, read from the file headers only (no decoding).
+
+    Introduced in ``01_dataset_exploration``. Unreadable files get NaN.
+    """
+    rows = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                rows.append(image.size)
+        except (OSError, ValueError):
+            rows.append((np.nan, np.nan))
+    return pd.DataFrame(rows, columns=["width", "height"], index=[str(p) for p in paths])

@@ -403,3 +403,39 @@ def distance_pairs(emb, labels, n_pairs: int, seed: int = 0) -> tuple[np.ndarray
     distances = np.linalg.norm(x[a] - x[b], axis=1)
     y = np.repeat(np.array([1, 0], dtype=np.int64), n_pairs)
     return distances, y
+
+
+def relevance_matrix(ranking: np.ndarray, ground_truth: Sequence) -> np.ndarray:
+    """Boolean (Q, k) matrix: whether the result at each rank of ``ranking`` is relevant to its query.
+
+    Introduced in ``05_embedding_visualization`` (hits and misses in the
+    galleries). ``ranking`` holds database positions, as returned by
+    :func:`similarity_ranking`.
+    """
+    ranking = np.asarray(ranking)
+    n_db = int(ranking.max()) + 1 if ranking.size else 0
+    n_db = max(n_db, max((int(np.max(g)) + 1 for g in ground_truth if len(g)), default=0))
+    mask = np.zeros((len(ground_truth), n_db), dtype=bool)
+    rows = np.repeat(np.arange(len(ground_truth)), [len(g) for g in ground_truth])
+    mask[rows, np.concatenate([np.asarray(g, dtype=np.int64) for g in ground_truth])] = True
+    return np.take_along_axis(mask, ranking, axis=1)
+
+
+def confused_pairs(ranking: np.ndarray, query_labels, database_labels, k: int = 10) -> pd.DataFrame:
+    """Count, over all queries, the wrong-category results in each top-k, by (query category, result category).
+
+    Introduced in ``05_embedding_visualization``. Returns a DataFrame with
+    columns ``query_label``, ``result_label``, ``count`` and ``share`` (the
+    count over all top-k slots of that query category), most confused first.
+    """
+    top = np.asarray(ranking)[:, :k]
+    query_labels = np.asarray(query_labels)
+    result_labels = np.asarray(database_labels)[top]
+    wrong = result_labels != query_labels[:, None]
+    frame = pd.DataFrame({"query_label": np.broadcast_to(query_labels[:, None], top.shape)[wrong],
+                          "result_label": result_labels[wrong]})
+    counts = frame.value_counts().rename("count").reset_index()
+    slots = pd.Series(query_labels).value_counts() * top.shape[1]
+    counts["share"] = counts["count"] / counts["query_label"].map(slots)
+    return counts.sort_values(["count", "query_label", "result_label"], ascending=[False, True, True],
+                              ignore_index=True)

@@ -84,7 +84,7 @@ class Difficulty:
     stored in the release metadata, so a changed difficulty re-renders.
     """
 
-    nuisance: float = 1.0                 # global multiplier on every per-image nuisance below
+    nuisance: float = 0.5                 # global multiplier on every per-image nuisance below
     part_jitter: float = 0.03             # per-image relative jitter of each part dimension
     category_jitter: float = 0.04         # per-category relative deviation from the family template
     small_rotation_deg: float = 6.0       # standard deviation of the usual, small rotation
@@ -1452,3 +1452,49 @@ def _metadata(key: dict, profile: config.Profile, categories: list[Category], pa
                 splits={split: sorted(c.name for c in categories if c.split == split)
                         for split in ("train", "validation", "test")},
                 files=dict(sorted(files.items())))
+
+
+def is_synthetic(root) -> bool:
+    """Whether ``root`` holds a synthetic release (it has ``synthetic_metadata.json``).
+
+    Introduced in ``01_dataset_exploration``: notebooks use the attribute table
+    only when it exists, so the same cells run on the real Firearm 14k.
+    """
+    return (Path(root) / METADATA_FILE).is_file()
+
+
+def attribute_difference(rows: list[dict], name_a: str, name_b: str) -> str:
+    """The part slots in which two categories differ, as ``"slot: a / b"`` text ("" without metadata).
+
+    Introduced in ``05_embedding_visualization`` (why confused categories look alike).
+    """
+    by_name = {row["name"]: row for row in rows}
+    if name_a not in by_name or name_b not in by_name:
+        return ""
+    a, b = by_name[name_a], by_name[name_b]
+    if a["family"] != b["family"]:
+        return f"family: {a['family']} / {b['family']}"
+    slots = [f"{slot}: {a['attributes'][slot]} / {b['attributes'][slot]}"
+             for slot in ATTRIBUTES if a["attributes"][slot] != b["attributes"][slot]]
+    return "; ".join(slots) or "nothing (same parts)"
+
+
+def group_names(root, split) -> dict[int, str]:
+    """Map the ground-truth group ids of a retrieval split to category names.
+
+    Introduced in ``05_embedding_visualization``. The loader derives groups
+    from the ground truth alone (the real release has no category folders in
+    validation/test); for a synthetic release the metadata names them. Without
+    metadata each group is called ``"group <id>"``.
+    """
+    root = Path(root)
+    names: dict[int, str] = {}
+    files = read_metadata(root)["files"] if is_synthetic(root) else {}
+    for path, label in zip(list(split.queries) + list(split.database),
+                           list(split.query_labels) + list(split.database_labels)):
+        label = int(label)
+        if label in names:
+            continue
+        relative = Path(path).resolve().relative_to(root.resolve()).as_posix() if files else ""
+        names[label] = files.get(relative, f"group {label}")
+    return names

@@ -385,7 +385,7 @@ STD = torch.tensor(D.IMAGENET_STD).view(3, 1, 1)
 
 def test_eval_transform_resizes_normalises_and_zero_pads():
     image = torch.full((3, 20, 40), 255, dtype=torch.uint8)  # wide, white
-    transform = D.eval_transform("tutorial")  # eval_size 64
+    transform = D.eval_transform(config.get_profile("tutorial", eval_size=64))
     out = transform(image)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     assert torch.equal(out, transform(image))
@@ -403,7 +403,7 @@ def test_eval_transform_upsizes_small_images():
 
 def test_train_transform_has_a_fixed_canvas_and_zero_padding():
     torch.manual_seed(0)
-    profile = config.get_profile("tutorial")
+    profile = config.get_profile("tutorial", train_size_range=(48, 64))
     transform = D.train_transform(profile)
     low, high = profile.train_size_range
     assert transform.canvas_size == high

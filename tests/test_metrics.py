@@ -299,3 +299,34 @@ def test_distance_pairs_never_pair_an_item_with_itself():
         M.distance_pairs(emb, np.zeros(30), n_pairs=5)
     with pytest.raises(ValueError, match="one item"):
         M.distance_pairs(emb[:3], [0, 1, 2], n_pairs=5)
+
+
+def test_relevance_matrix_matches_a_loop():
+    rng = np.random.default_rng(3)
+    n_db, n_q = 30, 7
+    gt = [np.sort(rng.choice(n_db, size=rng.integers(1, 6), replace=False)) for _ in range(n_q)]
+    ranking = np.stack([rng.permutation(n_db) for _ in range(n_q)])
+    got = M.relevance_matrix(ranking[:, :10], gt)
+    expected = np.array([[int(ranking[q, r]) in set(gt[q].tolist()) for r in range(10)] for q in range(n_q)])
+    assert got.shape == (n_q, 10)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_confused_pairs_counts_wrong_results_like_a_loop():
+    rng = np.random.default_rng(4)
+    db_labels = rng.integers(0, 4, size=40)
+    q_labels = rng.integers(0, 4, size=12)
+    ranking = np.stack([rng.permutation(40) for _ in range(12)])
+    table = M.confused_pairs(ranking, q_labels, db_labels, k=5)
+    expected = {}
+    for q in range(12):
+        for i in ranking[q, :5]:
+            if db_labels[i] != q_labels[q]:
+                key = (int(q_labels[q]), int(db_labels[i]))
+                expected[key] = expected.get(key, 0) + 1
+    got = {(int(a), int(b)): int(c) for a, b, c in table[["query_label", "result_label", "count"]].itertuples(index=False)}
+    assert got == expected
+    assert table["count"].is_monotonic_decreasing
+    slots = {lab: 5 * int((q_labels == lab).sum()) for lab in set(q_labels.tolist())}
+    for row in table.itertuples():
+        assert row.share == pytest.approx(row.count / slots[row.query_label])
