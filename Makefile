@@ -11,7 +11,6 @@ STAMP  := $(VENV)/.installed-stamp
 PROFILE ?= tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: setup data run test unit nbval lab bench clean-cache help
 

@@ -72,7 +72,8 @@ def main() -> int:
     rows = []
     for profile in args.profiles:
         with tempfile.TemporaryDirectory() as tmp:
-            env = dict(os.environ, FIREARM_PROFILE=profile, MPLBACKEND="Agg", PYTHONHASHSEED="0")
+            env = dict(os.environ, FIREARM_PROFILE=profile, PYTHONHASHSEED="0")
+            env.pop("MPLBACKEND", None)  # the notebooks need the inline backend
             if not args.keep_cache:
                 env["FIREARM_CACHE"] = str(Path(tmp) / "cache")
             subprocess.run([sys.executable, "-c", "from helpers import data; data.load_active_release()"],

@@ -52,7 +52,8 @@ class Profile:
     embedding_dim: int | None              # optional projection; None keeps the backbone width
     # --- optimiser: "sgd" (the paper's, with momentum) or "adam" (CPU profiles, from scratch)
     optimizer: str
-    lr: float
+    lr: float                              # from random weights (stage 1, one-stage retrieval)
+    finetune_lr: float                     # stage 2 from trained weights (ImageNet or stage 1)
     momentum: float
     weight_decay: float
     # --- stage 1: classification
@@ -85,7 +86,7 @@ PROFILES: dict[str, Profile] = {
         images_per_category=(20, 250), render_size=384, queries_per_category=5,
         train_size_range=(256, 384), eval_size=384,
         backbone="vgg16", weights="imagenet", pooling="mac", embedding_dim=None,
-        optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4,
+        optimizer="sgd", lr=1e-3, finetune_lr=1e-3, momentum=0.9, weight_decay=5e-4,
         cls_epochs=50, cls_lr_step=30, cls_batch_size=32,
         ret_epochs=30, ret_lr_step=10, ret_batch_size=16,
         pairs_per_category=360, regenerate_every=5,
@@ -98,9 +99,9 @@ PROFILES: dict[str, Profile] = {
         images_per_category=(12, 60), render_size=48, queries_per_category=5,
         train_size_range=(40, 48), eval_size=48,
         backbone="small", weights=None, pooling="mac", embedding_dim=None,
-        optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=5e-4,
+        optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
         cls_epochs=15, cls_lr_step=11, cls_batch_size=64,
-        ret_epochs=6, ret_lr_step=4, ret_batch_size=64,
+        ret_epochs=4, ret_lr_step=3, ret_batch_size=64,
         pairs_per_category=36, regenerate_every=2,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
         num_workers=0, eval_batch_size=256,
@@ -111,7 +112,7 @@ PROFILES: dict[str, Profile] = {
         images_per_category=(6, 14), render_size=40, queries_per_category=2,
         train_size_range=(32, 40), eval_size=40,
         backbone="small", weights=None, pooling="mac", embedding_dim=None,
-        optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=5e-4,
+        optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
         cls_epochs=2, cls_lr_step=1, cls_batch_size=32,
         ret_epochs=2, ret_lr_step=1, ret_batch_size=32,
         pairs_per_category=16, regenerate_every=1,

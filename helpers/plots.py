@@ -29,7 +29,7 @@ def set_style() -> None:
     Introduced in ``01_dataset_exploration``.
     """
     sns.set_theme(context="notebook", style="whitegrid", palette="deep")
-    plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 100, "axes.titleweight": "bold",
+    plt.rcParams.update({"figure.dpi": 72, "axes.titleweight": "bold",
                          "figure.autolayout": False})
 
 

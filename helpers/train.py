@@ -30,7 +30,7 @@ import random
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -660,7 +660,8 @@ def train_retrieval(release, loss: str = "double", init=None, profile=None, *,
     ``release.retrieval_train`` (half positive, half negative; triplets: as
     many triplets), redrawn every ``regenerate_every`` epochs, in batches of
     ``ret_batch_size`` whose images go through the network in one forward
-    pass. The validation mAP (trapezoid) on ``release.validation`` is measured
+    pass. Starting from trained weights (ImageNet or stage 1), the learning
+    rate is ``profile.finetune_lr`` unless ``lr`` is overridden. The validation mAP (trapezoid) on ``release.validation`` is measured
     before training (epoch 0) and after every epoch. ``overrides`` replace
     profile fields; ``on_epoch_end(row)`` is called after every epoch.
     """
@@ -668,6 +669,8 @@ def train_retrieval(release, loss: str = "double", init=None, profile=None, *,
     margins = _loss_settings(loss, profile)
     device = _device(device)
     init_entries, build_model = _resolve_init(init, profile)
+    if init_entries["init"] != "random" and "lr" not in overrides:
+        profile = replace(profile, lr=profile.finetune_lr)  # stage 2 fine-tunes trained weights
     job_config = {
         **_common_config("retrieval", release, profile, seed), **init_entries,
         "loss": loss, **margins, "embedding_dim": profile.embedding_dim,
@@ -765,18 +768,19 @@ def imbalance_summary(history: pd.DataFrame, fraction: float = 0.25) -> dict:
             "active negative pairs, last quarter": float(last["neg_active_frac"].mean())}
 
 
-def margin_sweep(release, pos_margins, neg_margins, profile=None, *, seed: int = config.DEFAULT_SEED,
-                 progress: bool = True, **overrides) -> pd.DataFrame:
+def margin_sweep(release, pos_margins, neg_margins, init="random", profile=None, *,
+                 seed: int = config.DEFAULT_SEED, progress: bool = True, **overrides) -> pd.DataFrame:
     """Final validation mAP of the double margin loss on a grid of (m1, m2); rows m1, columns m2.
 
-    Introduced in ``03_loss_comparison``. Each cell is a cached run; pairs with
-    m1 >= m2 are left empty (NaN).
+    Introduced in ``04_two_stage_training``. ``init`` is passed to
+    :func:`train_retrieval`; each cell is a cached run; cells with m1 >= m2 are
+    left empty (NaN).
     """
     table = pd.DataFrame(index=pd.Index(pos_margins, name="m1"), columns=pd.Index(neg_margins, name="m2"),
                          dtype=float)
     cells = [(m1, m2) for m1 in pos_margins for m2 in neg_margins if m1 < m2]
     for m1, m2 in tqdm(cells, desc="margin sweep", disable=not progress):
-        run = train_retrieval(release, loss="double", init="random", profile=profile, seed=seed, progress=False,
+        run = train_retrieval(release, loss="double", init=init, profile=profile, seed=seed, progress=False,
                               pos_margin=m1, neg_margin=m2, **overrides)
         table.loc[m1, m2] = float(run.epochs["val_mAP"].iloc[-1])
     return table
