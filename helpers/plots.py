@@ -83,7 +83,7 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
         ax.grid(False)
     for i, image in enumerate(images):
         ax = axes.ravel()[i]
-        ax.imshow(_as_array(image))
+        ax.imshow(_as_array(image), interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[i], fontsize=8, fontweight="normal")
         if frames is not None and frames[i]:
@@ -238,14 +238,14 @@ def retrieval_gallery(query_images: Sequence, ranked_images: Sequence[Sequence],
             ax.set_yticks([])
             ax.grid(False)
             if col == 0:
-                ax.imshow(_as_array(query_images[row]))
+                ax.imshow(_as_array(query_images[row]), interpolation="nearest")
                 _frame(ax, "#333333", 3)
                 label = query_titles[row] if query_titles is not None else f"query {row}"
                 ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
                 if row == 0:
                     ax.set_title("query", fontsize=9)
             else:
-                ax.imshow(_as_array(ranked_images[row][col - 1]))
+                ax.imshow(_as_array(ranked_images[row][col - 1]), interpolation="nearest")
                 _frame(ax, HIT_COLOUR if relevant[row, col - 1] else MISS_COLOUR)
                 if row == 0:
                     ax.set_title(f"#{col}", fontsize=9)
