@@ -839,7 +839,7 @@ def toy_embedding_experiment(kind: str, n_classes: int = 4, per_class: int = 20,
         loss = _toy_loss(kind, F.normalize(raw, dim=1), labels, margins)
         loss.backward()
         optimizer.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     emb = F.normalize(raw.detach(), dim=1)
     i, j = torch.triu_indices(len(labels), len(labels), 1)
     return ToyResult(embeddings=emb.numpy(), labels=labels.numpy(),
