@@ -42,7 +42,7 @@ def main() -> None:
                 stage1 = train.train_classifier(release, seed=seed, progress=False)
             run = train.train_retrieval(release, loss=loss, init=stage1 if two_stage else "random",
                                         seed=seed, progress=False)
-            q, d = metrics.embed_split(run.model, release.test, profile, progress=False)
+            q, d = train.embed_split(run.model, release.test, profile, progress=False)
             row = metrics.evaluate(q, d, release.test.ground_truth, name=name)
             row.update(seed=seed, train_s=run.wall_time + (stage1.wall_time if two_stage else 0.0))
             rows.append(row)
