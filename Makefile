@@ -45,8 +45,11 @@ test: unit nbval
 lab: setup
 	$(PY) -m jupyter lab notebooks/
 
+# make bench: every benchmark at the smoke profile (a quick check that they run);
+# make bench PROFILE=tutorial: at full size (long)
+BENCH_PROFILE := $(if $(filter command line,$(origin PROFILE)),$(PROFILE),smoke)
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py --profile $(BENCH_PROFILE)
 
 clean-cache:
 	rm -rf cache

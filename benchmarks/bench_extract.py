@@ -2,7 +2,7 @@
 
 Run as ``python benchmarks/bench_extract.py``. Embeds about 1000 images of the
 tutorial canvas size with the ``small`` network, once with
-``helpers.metrics.extract_embeddings`` (batches of ``eval_batch_size``) and
+``helpers.models.extract_embeddings`` (batches of ``eval_batch_size``) and
 once one image at a time, checks that both give the same embeddings, and
 prints the times, the ratio, images/s, the wall time and the peak memory
 (resident set size) of the process.
@@ -52,8 +52,8 @@ def main() -> None:
     images = torch.randn(args.images, 3, size, size, generator=torch.Generator().manual_seed(0))
     dataset = TensorDataset(images, torch.zeros(args.images, dtype=torch.int64))
 
-    metrics.extract_embeddings(model, torch.utils.data.Subset(dataset, range(8)), progress=False)  # warm-up
-    batched, t_batched = timed(lambda: metrics.extract_embeddings(
+    models.extract_embeddings(model, torch.utils.data.Subset(dataset, range(8)), progress=False)  # warm-up
+    batched, t_batched = timed(lambda: models.extract_embeddings(
         model, dataset, batch_size=profile.eval_batch_size, progress=False))
     looped, t_loop = timed(per_image_embeddings, model, images)
     gap = (batched - looped).abs().max().item()

@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile:
         os.environ["FIREARM_PROFILE"] = args.profile
-    from helpers import config, data, metrics, train
+    from helpers import config, data, evaluation, metrics, train
 
     profile = config.get_profile()
     start = time.perf_counter()
@@ -39,10 +39,10 @@ def main() -> None:
         stage1 = None
         for name, loss, two_stage in METHODS:
             if two_stage and stage1 is None:
-                stage1 = train.train_classifier(release, seed=seed, progress=False)
+                stage1 = train.train_classifier(release, profile, seed=seed, progress=False)
             run = train.train_retrieval(release, loss=loss, init=stage1 if two_stage else "random",
-                                        seed=seed, progress=False)
-            q, d = train.embed_split(run.model, release.test, profile, progress=False)
+                                        profile=profile, seed=seed, progress=False)
+            q, d = evaluation.embed_split(run.model, release.test, profile, progress=False)
             row = metrics.evaluate(q, d, release.test.ground_truth, name=name)
             row.update(seed=seed, train_s=run.wall_time + (stage1.wall_time if two_stage else 0.0))
             rows.append(row)

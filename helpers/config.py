@@ -1,14 +1,16 @@
 """Profiles, paths, seeding and device choice.
 
-Introduced in ``01_dataset_exploration``. Everything that depends on the
+Everything that depends on the
 profile reads it through :func:`get_profile`, which looks at the
 ``FIREARM_PROFILE`` environment variable in exactly one place.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,8 @@ DATA_ENV = "FIREARM_DATA"
 class Profile:
     """Every size and schedule that changes between ``smoke``, ``tutorial`` and ``paper``.
 
-    Introduced in ``01_dataset_exploration``. The ``paper`` profile holds the
-    authors' settings (DESIGN §1); the other two scale them down for a CPU.
+    The ``paper`` profile holds the
+    authors' settings; the other two scale them down for a CPU.
     """
 
     name: str
@@ -125,8 +127,7 @@ PROFILES: dict[str, Profile] = {
 def profile_name() -> str:
     """The active profile's name, read from ``FIREARM_PROFILE`` (default ``tutorial``).
 
-    Introduced in ``01_dataset_exploration``. This is the only place the
-    variable is read.
+    This is the only place the variable is read.
     """
     name = os.environ.get(PROFILE_ENV, "tutorial").strip().lower() or "tutorial"
     if name not in PROFILES:
@@ -136,29 +137,57 @@ def profile_name() -> str:
     return name
 
 
-def get_profile(name: str | None = None, **overrides) -> Profile:
-    """Return the named profile (default: the active one), with optional field overrides.
+def get_profile(profile: "Profile | str | None" = None, **overrides) -> Profile:
+    """The one profile resolver: a :class:`Profile` from a Profile, a name or ``None``, plus overrides.
 
-    Introduced in ``01_dataset_exploration``. ``get_profile(ret_epochs=3)``
-    returns a copy of the active profile with one field changed.
+    ``None`` means the active profile (``FIREARM_PROFILE``); a name picks one of
+    :data:`PROFILES`; a :class:`Profile` is taken as it is, so overrides made
+    earlier are kept. Keyword overrides replace fields:
+    ``get_profile(ret_epochs=3)`` is the active profile with one field changed.
+    Every other module receives the result of this function and never
+    resolves a profile itself.
     """
-    profile = PROFILES[name or profile_name()]
-    return replace(profile, **overrides) if overrides else profile
+    if profile is None or isinstance(profile, str):
+        name = profile.strip().lower() if isinstance(profile, str) else profile_name()
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)} "
+                             "or a helpers.config.Profile")
+        profile = PROFILES[name]
+    elif not isinstance(profile, Profile):
+        raise TypeError(f"profile must be a name, a helpers.config.Profile or None, got {type(profile).__name__}")
+    if not overrides:
+        return profile
+    unknown = sorted(set(overrides) - {f.name for f in fields(Profile)})
+    if unknown:
+        raise TypeError(f"unknown profile field(s) {unknown}; expected fields of helpers.config.Profile")
+    return replace(profile, **overrides)
 
 
-def synthetic_root(profile: Profile | str | None = None, seed: int = DEFAULT_SEED) -> Path:
-    """Where the synthetic release of a profile lives: ``data/synthetic/<profile>-seed<seed>``.
+SYNTHETIC_FIELDS = ("n_train_categories", "n_val_categories", "n_test_categories",
+                    "images_per_category", "render_size", "queries_per_category")
+"""The profile fields that shape the synthetic release."""
 
-    Introduced in ``01_dataset_exploration``.
+
+def synthetic_root(profile: Profile, seed: int = DEFAULT_SEED) -> Path:
+    """Where the synthetic release of a resolved profile lives.
+
+    ``data/synthetic/<profile>-seed<seed>`` for a named profile as it is; a
+    profile whose data fields (:data:`SYNTHETIC_FIELDS`) were overridden gets
+    a folder of its own, ``<profile>-<hash of those fields>-seed<seed>``, so it
+    never overwrites the named profile's release.
     """
-    name = profile.name if isinstance(profile, Profile) else (profile or profile_name())
-    return DATA_DIR / "synthetic" / f"{name}-seed{seed}"
+    fields_of = lambda p: {name: getattr(p, name) for name in SYNTHETIC_FIELDS}  # noqa: E731
+    mine = fields_of(profile)
+    if profile.name in PROFILES and mine == fields_of(PROFILES[profile.name]):
+        return DATA_DIR / "synthetic" / f"{profile.name}-seed{seed}"
+    digest = hashlib.sha1(json.dumps(mine, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+    return DATA_DIR / "synthetic" / f"{profile.name}-{digest}-seed{seed}"
 
 
 def real_data_root() -> Path | None:
     """The real Firearm 14k root from ``FIREARM_DATA``, or ``None`` when it is unset.
 
-    Introduced in ``01_dataset_exploration``. Relative values are taken
+    Relative values are taken
     relative to the repository root, so notebooks see the same path whatever
     their working directory.
     """
@@ -172,7 +201,7 @@ def real_data_root() -> Path | None:
 def cache_dir(*parts: str) -> Path:
     """A folder under the gitignored ``cache/`` (created on demand).
 
-    Introduced in ``03_loss_comparison``; the load-or-train cache lives here.
+    The load-or-train cache lives here.
     """
     path = CACHE_DIR.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
@@ -182,7 +211,7 @@ def cache_dir(*parts: str) -> Path:
 def seed_everything(seed: int = DEFAULT_SEED) -> int:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) and return the seed.
 
-    Introduced in ``01_dataset_exploration``. On CPU this makes a training run
+    On CPU this makes a training run
     repeatable; on a GPU some cuDNN kernels stay non-deterministic.
     """
     random.seed(seed)
@@ -198,10 +227,7 @@ def seed_everything(seed: int = DEFAULT_SEED) -> int:
 
 
 def get_device(prefer: str | None = None):
-    """The device to use: ``prefer`` if given, else CUDA, then Apple MPS, then CPU.
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """The device to use: ``prefer`` if given, else CUDA, then Apple MPS, then CPU."""
     import torch
 
     if prefer:

@@ -1,6 +1,6 @@
 """Loading the Firearm 14k release layout, decoding images, transforms and samplers.
 
-Introduced in ``01_dataset_exploration``. One loader, :func:`load_firearm_release`,
+One loader, :func:`load_firearm_release`,
 reads the authors' release layout (the real data or the synthetic stand-in that
 :func:`make_synthetic_release` renders in the same layout)::
 
@@ -24,6 +24,7 @@ import os
 import struct
 import warnings
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +41,9 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from . import config
+from .layout import (DATABASE_DIR, DATASET_DIR, IMAGE_EXTENSIONS, QUERY_INFO_DIR, RETRIEVAL_TRAIN_DIR,
+                     TRAIN_VAL_DIR, split_locations)
 from .synthetic import make_synthetic_release  # also offered here as data.make_synthetic_release
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-"""Image files are recognised by these extensions, compared case-insensitively."""
-
-TRAIN_VAL_DIR = "firearm-train-val"
-DATASET_DIR = "firearm-dataset"
-RETRIEVAL_SPLITS = ("validation", "test")
-GROUND_TRUTH_FILE = "ground_truth_info.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,16 +55,13 @@ _SHOW = 5  # how many offending names an error or warning lists
 class DatasetLayoutError(ValueError):
     """The release layout on disk is not what the loader expects.
 
-    Introduced in ``01_dataset_exploration``. Every message names the
+    Every message names the
     offending path and says what was expected there.
     """
 
 
 class UnreadableImageWarning(UserWarning):
-    """Some image files could not be decoded and were skipped.
-
-    Introduced in ``01_dataset_exploration``.
-    """
+    """Some image files could not be decoded and were skipped."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +73,7 @@ class UnreadableImageWarning(UserWarning):
 class ImageList:
     """A labelled list of image files: ``paths[i]`` belongs to class ``classes[labels[i]]``.
 
-    Introduced in ``01_dataset_exploration``. ``labels`` is an int64 array of
+    ``labels`` is an int64 array of
     indices into ``classes``.
     """
 
@@ -104,10 +96,7 @@ class ImageList:
         return len(self.paths)
 
     def subset(self, indices) -> "ImageList":
-        """The images at ``indices`` (integer positions or a boolean mask), same class list.
-
-        Introduced in ``01_dataset_exploration``.
-        """
+        """The images at ``indices`` (integer positions or a boolean mask), same class list."""
         index = np.asarray(indices)
         if index.dtype == bool:
             if index.shape != (len(self),):
@@ -117,10 +106,7 @@ class ImageList:
         return ImageList([self.paths[i] for i in index], self.labels[index], list(self.classes))
 
     def counts(self) -> pd.Series:
-        """Images per class as a pandas Series indexed by class name (classes with none give 0).
-
-        Introduced in ``01_dataset_exploration``, where it feeds the long-tail plot.
-        """
+        """Images per class as a pandas Series indexed by class name (classes with none give 0)."""
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return pd.Series(counts, index=pd.Index(self.classes, name="category"), name="images")
 
@@ -129,7 +115,7 @@ class ImageList:
 class RetrievalSplit:
     """Queries, database and ground truth of one retrieval split (``validation`` or ``test``).
 
-    Introduced in ``01_dataset_exploration``. ``ground_truth[q]`` holds the
+    ``ground_truth[q]`` holds the
     sorted int64 positions in ``database`` that match query ``q``.
     ``query_labels`` and ``database_labels`` are group ids recovered from the
     ground truth alone: queries that share matching database images form one
@@ -156,7 +142,7 @@ class RetrievalSplit:
 class FirearmRelease:
     """Everything the notebooks need from one release root.
 
-    Introduced in ``01_dataset_exploration``. ``categories`` are the sorted
+    ``categories`` are the sorted
     training category names; ``classification_train`` / ``classification_val``
     are a deterministic per-category split of ``firearm-train-val``;
     ``retrieval_train`` is ``firearm-dataset/train`` with the same class
@@ -173,10 +159,7 @@ class FirearmRelease:
     test: RetrievalSplit
 
     def summary(self) -> pd.DataFrame:
-        """One row per part of the release: images, categories (or groups) and queries.
-
-        Introduced in ``01_dataset_exploration``.
-        """
+        """One row per part of the release: images, categories (or groups) and queries."""
         rows = []
         for name, images in [("classification train", self.classification_train),
                              ("classification val", self.classification_val),
@@ -209,7 +192,7 @@ def _short_list(names: Sequence, limit: int = _SHOW) -> str:
 def find_images(folder: Path) -> list[Path]:
     """The image files directly inside ``folder``, sorted by name.
 
-    Introduced in ``01_dataset_exploration``. Files are recognised by
+    Files are recognised by
     extension, case-insensitively (``.jpg``, ``.JPG``, ``.Jpeg``, ``.png`` ...);
     other files and hidden files such as ``.DS_Store`` or ``._x.jpg`` are ignored.
     """
@@ -283,7 +266,7 @@ def split_train_val(n: int, val_fraction: float = 0.3, seed: int = 0,
                     key: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(n)`` at random into sorted (train, val) index arrays.
 
-    Introduced in ``01_dataset_exploration``. The draw is seeded by ``seed``
+    The draw is seeded by ``seed``
     and a stable hash (CRC-32) of ``key``, so each category (pass its name as
     ``key``) gets its own split that does not change when other categories
     are added. ``round(n * val_fraction)`` images go to val, clipped so that
@@ -371,7 +354,7 @@ def groups_from_ground_truth(ground_truth: Sequence[np.ndarray],
                              n_database: int) -> tuple[np.ndarray, np.ndarray]:
     """Group ids for queries and database images, recovered from the ground truth alone.
 
-    Introduced in ``01_dataset_exploration``. Queries and database images are
+    Queries and database images are
     the nodes of a graph with an edge from each query to each of its matches;
     every connected component that holds a query is one group, numbered in
     order of its first query. Queries with the same ground-truth set share a
@@ -393,11 +376,9 @@ def groups_from_ground_truth(ground_truth: Sequence[np.ndarray],
 
 def _load_retrieval_split(dataset_dir: Path, name: str) -> RetrievalSplit:
     """Read ``firearm-dataset/<name>`` into a RetrievalSplit, checking every cross-reference."""
-    split_dir = _require_dir(dataset_dir / name, f"the {name} retrieval split "
-                             "(database_image/ and query_info/)")
-    database_dir = split_dir / "database_image"
-    query_dir = split_dir / "query_info" / "query_image"
-    gt_path = split_dir / "query_info" / GROUND_TRUTH_FILE
+    _require_dir(dataset_dir / name, f"the {name} retrieval split ({DATABASE_DIR}/ and {QUERY_INFO_DIR}/)")
+    places = split_locations(dataset_dir, name)
+    database_dir, query_dir, gt_path = places["database"], places["queries"], places["ground_truth"]
     database = _require_images(database_dir, f"the {name} database images")
     queries = _require_images(query_dir, f"the {name} query images")
     mapping = _read_ground_truth(gt_path)
@@ -414,7 +395,7 @@ def _load_retrieval_split(dataset_dir: Path, name: str) -> RetrievalSplit:
 def load_firearm_release(root, val_fraction: float = 0.3, split_seed: int = 0) -> FirearmRelease:
     """Read a release root holding ``firearm-train-val/`` and ``firearm-dataset/``.
 
-    Introduced in ``01_dataset_exploration``. Checks the whole layout and
+    Checks the whole layout and
     raises :class:`DatasetLayoutError` naming the offending path on anything
     unexpected: a missing folder or ground-truth file, invalid JSON, a query
     without ground truth (or ground truth for a missing query), an empty
@@ -426,7 +407,7 @@ def load_firearm_release(root, val_fraction: float = 0.3, split_seed: int = 0) -
     _require_dir(root, f"a Firearm release root holding {TRAIN_VAL_DIR}/ and {DATASET_DIR}/")
     train_val_dir = _require_dir(root / TRAIN_VAL_DIR, "one folder of classification images per category")
     dataset_dir = _require_dir(root / DATASET_DIR, "train/, validation/ and test/ retrieval folders")
-    retrieval_dir = _require_dir(dataset_dir / "train",
+    retrieval_dir = _require_dir(dataset_dir / RETRIEVAL_TRAIN_DIR,
                                  "one folder of retrieval training images per category")
 
     categories = _category_folders(train_val_dir)
@@ -451,7 +432,7 @@ def load_active_release(profile=None, seed: int = config.DEFAULT_SEED,
                         progress: bool = True) -> FirearmRelease:
     """The release the notebooks use: the real Firearm 14k if ``FIREARM_DATA`` is set, else synthetic.
 
-    Introduced in ``01_dataset_exploration``. With ``FIREARM_DATA`` set, its
+    With ``FIREARM_DATA`` set, its
     folder must exist. Otherwise the synthetic release of ``profile`` (default:
     the active one) and ``seed`` lives under ``data/synthetic/``:
     :func:`make_synthetic_release` renders it on first use (and again only if
@@ -462,9 +443,9 @@ def load_active_release(profile=None, seed: int = config.DEFAULT_SEED,
         _require_dir(real_root, f"the Firearm 14k release (set by {config.DATA_ENV}) holding "
                                 f"{TRAIN_VAL_DIR}/ and {DATASET_DIR}/")
         return load_firearm_release(real_root)
-    name = profile.name if isinstance(profile, config.Profile) else (profile or config.profile_name())
-    root = config.synthetic_root(name, seed)
-    return load_firearm_release(make_synthetic_release(root, profile=name, seed=seed, progress=progress))
+    profile = config.get_profile(profile)
+    root = config.synthetic_root(profile, seed)
+    return load_firearm_release(make_synthetic_release(root, profile=profile, seed=seed, progress=progress))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,7 +471,7 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert a PIL image of any mode to RGB.
 
-    Introduced in ``01_dataset_exploration``. Transparent images (``LA``,
+    Transparent images (``LA``,
     ``RGBA``, ``PA``, and ``P`` with a transparency entry) are composited on
     white; 16-bit and float greyscale are scaled to 8 bits; ``L``, ``1``,
     ``P``, ``CMYK`` and ``YCbCr`` go through Pillow's own conversion.
@@ -511,7 +492,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def load_rgb(path, max_side: int | None = None) -> Image.Image:
     """Open an image file fully decoded as RGB, upright per its EXIF orientation.
 
-    Introduced in ``01_dataset_exploration``. Any mode comes back RGB (see
+    Any mode comes back RGB (see
     :func:`to_rgb`). With ``max_side``, the longest side is shrunk to at most
     ``max_side`` pixels (aspect kept; JPEGs are decoded at reduced scale
     first when that is lossless for the result). Unreadable or truncated
@@ -552,7 +533,7 @@ def read_images(paths, max_side: int | None = None, progress: bool = True,
                 workers: int | None = None) -> tuple[list[torch.Tensor], np.ndarray]:
     """Decode every image into a uint8 CHW tensor; skip unreadable files with one warning.
 
-    Introduced in ``01_dataset_exploration``. The longest side of an image
+    The longest side of an image
     larger than ``max_side`` is shrunk to ``max_side`` (aspect kept). Files
     that fail to decode (truncated, corrupt, not an image) are left out and
     reported in a single :class:`UnreadableImageWarning` that counts them.
@@ -580,8 +561,7 @@ def read_images(paths, max_side: int | None = None, progress: bool = True,
 class RandomLongestSide(torch.nn.Module):
     """Resize so the longest side is a random integer in ``[low, high]`` (aspect kept).
 
-    Introduced in ``03_loss_comparison`` (the paper's 256-384 scale
-    augmentation). Draws from torch's generator, so :func:`config.seed_everything`
+    Draws from torch's generator, so :func:`config.seed_everything`
     makes it repeatable and DataLoader workers get different draws.
     """
 
@@ -599,7 +579,7 @@ class RandomLongestSide(torch.nn.Module):
 class PadToCanvas(torch.nn.Module):
     """Zero-pad a CHW tensor, centred, to a fixed ``size`` x ``size`` canvas.
 
-    Introduced in ``03_loss_comparison``. The paper fed one image at a time at
+    The paper fed one image at a time at
     its own size; padding to a fixed canvas lets images of different aspect
     ratios stack into batches. Applied after normalisation, the padding is 0,
     the dataset mean, which max pooling (MAC) over ReLU features mostly ignores.
@@ -621,7 +601,7 @@ class PadToCanvas(torch.nn.Module):
 class ContrastSaturationJitter(torch.nn.Module):
     """Random contrast and saturation factors in ``[1 - strength, 1 + strength]``, applied in random order.
 
-    Introduced in ``03_loss_comparison``. The same operation as
+    The same operation as
     ``v2.ColorJitter(contrast=strength, saturation=strength)`` on float images,
     built on torchvision's ``adjust_contrast`` / ``adjust_saturation``; calling
     them directly halves the per-image cost on small images, where the v2
@@ -641,10 +621,7 @@ class ContrastSaturationJitter(torch.nn.Module):
 
     @staticmethod
     def apply(image: torch.Tensor, contrast: float, saturation: float, contrast_first: bool) -> torch.Tensor:
-        """Adjust contrast and saturation of an RGB image by the given factors, in the given order.
-
-        Introduced in ``03_loss_comparison``.
-        """
+        """Adjust contrast and saturation of an RGB image by the given factors, in the given order."""
         if contrast_first:
             return TF.adjust_saturation(TF.adjust_contrast(image, contrast), saturation)
         return TF.adjust_contrast(TF.adjust_saturation(image, saturation), contrast)
@@ -656,7 +633,7 @@ class ContrastSaturationJitter(torch.nn.Module):
 class CanvasCompose(v2.Compose):
     """A ``v2.Compose`` whose output is always ``canvas_size`` x ``canvas_size``.
 
-    Introduced in ``03_loss_comparison``. :class:`ImageDataset` reads
+    :class:`ImageDataset` reads
     ``canvas_size`` to decide how large to keep the decoded images.
     """
 
@@ -665,15 +642,10 @@ class CanvasCompose(v2.Compose):
         self.canvas_size = int(canvas_size)
 
 
-def _as_profile(profile) -> config.Profile:
-    """A Profile from a Profile, a profile name or None (the active profile)."""
-    return profile if isinstance(profile, config.Profile) else config.get_profile(profile)
-
-
 def train_transform(profile=None) -> CanvasCompose:
     """The paper's training augmentation, scaled by ``profile`` (uint8 CHW -> float CHW).
 
-    Introduced in ``03_loss_comparison``. Longest side resized at random into
+    Longest side resized at random into
     ``profile.train_size_range`` (paper: 256-384), horizontal flip, rotation
     within +-5 degrees, contrast and saturation jitter of 0.5, ImageNet
     normalisation, then zero padding (centred) to a square canvas of side
@@ -681,7 +653,7 @@ def train_transform(profile=None) -> CanvasCompose:
     corners it brings in are 0 (the ImageNet mean colour) like the padding,
     and the jitter never touches them.
     """
-    profile = _as_profile(profile)
+    profile = config.get_profile(profile)
     low, high = profile.train_size_range
     return CanvasCompose([
         RandomLongestSide(low, high),
@@ -697,11 +669,11 @@ def train_transform(profile=None) -> CanvasCompose:
 def eval_transform(profile=None) -> CanvasCompose:
     """The paper's evaluation transform: longest side to ``profile.eval_size``, no crop.
 
-    Introduced in ``03_loss_comparison``. Resizes (up or down) so the longest
+    Resizes (up or down) so the longest
     side is ``eval_size``, normalises with the ImageNet statistics and
     zero-pads (centred) to ``eval_size`` x ``eval_size``. Deterministic.
     """
-    size = _as_profile(profile).eval_size
+    size = config.get_profile(profile).eval_size
     return CanvasCompose([
         v2.Resize(size=None, max_size=size, antialias=True),
         v2.ToDtype(torch.float32, scale=True),
@@ -713,7 +685,7 @@ def eval_transform(profile=None) -> CanvasCompose:
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Undo the ImageNet normalisation: float images (CHW or NCHW) back to [0, 1] for display.
 
-    Introduced in ``01_dataset_exploration``. Padding comes back as the mean colour (grey).
+    Padding comes back as the mean colour (grey).
     """
     mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
@@ -728,7 +700,7 @@ def denormalize(images: torch.Tensor) -> torch.Tensor:
 class ImageDataset(torch.utils.data.Dataset):
     """Images decoded once into RAM (uint8), served through a transform.
 
-    Introduced in ``03_loss_comparison``. Accepts an :class:`ImageList` or a
+    Accepts an :class:`ImageList` or a
     list of paths (with optional ``labels``; -1 when absent). Every image is
     decoded at construction by :func:`read_images`, shrunk so its longest side
     is at most ``max_side`` (default: the transform's ``canvas_size``);
@@ -769,7 +741,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def with_transform(self, transform) -> "ImageDataset":
         """A view of the same decoded images through another transform (no decoding, no copy).
 
-        Introduced in ``03_loss_comparison``: one decoded set serves training and evaluation.
+        One decoded set serves training and evaluation.
         """
         view = object.__new__(ImageDataset)
         view.__dict__.update(self.__dict__)
@@ -779,11 +751,51 @@ class ImageDataset(torch.utils.data.Dataset):
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Transformed images at ``indices`` stacked into ``(N, C, H, W)``, with their labels.
 
-        Introduced in ``03_loss_comparison``, for pair and triplet batches drawn by the samplers.
+        For pair and triplet batches drawn by the samplers.
         """
         items = [self[int(i)] for i in np.asarray(indices).reshape(-1)]
         return (torch.stack([image for image, _ in items]),
                 torch.as_tensor([label for _, label in items], dtype=torch.int64))
+
+
+_DECODED: "OrderedDict[tuple, ImageDataset]" = OrderedDict()
+DECODED_CACHE_SIZE = 8
+"""How many decoded image sets :func:`decoded_dataset` keeps in memory."""
+
+
+def decoded_dataset(paths, labels, transform, progress: bool = True) -> ImageDataset:
+    """An :class:`ImageDataset` of ``paths`` through ``transform``, decoding each set once per process.
+
+    Decoding takes seconds, so the last :data:`DECODED_CACHE_SIZE` decoded
+    sets are memoised by ``(paths, labels, transform.canvas_size)``; a second
+    call with another transform of the same canvas reuses the decoded images
+    (:meth:`ImageDataset.with_transform` copies nothing).
+    """
+    max_side = int(transform.canvas_size)
+    key = (tuple(str(p) for p in paths), tuple(int(v) for v in np.asarray(labels).reshape(-1)), max_side)
+    if key in _DECODED:
+        _DECODED.move_to_end(key)
+    else:
+        _DECODED[key] = ImageDataset([Path(p) for p in paths], labels=np.asarray(labels),
+                                     max_side=max_side, progress=progress)
+        while len(_DECODED) > DECODED_CACHE_SIZE:
+            _DECODED.popitem(last=False)
+    return _DECODED[key].with_transform(transform)
+
+
+def eval_dataset(paths, labels, profile=None, progress: bool = True) -> ImageDataset:
+    """Images through the evaluation transform of ``profile``, decoded once per process.
+
+    Unreadable images would shift the ground-truth positions, so they raise
+    here instead of being skipped.
+    """
+    profile = config.get_profile(profile)
+    dataset = decoded_dataset(list(paths), np.asarray(labels), eval_transform(profile), progress)
+    if len(dataset) != len(paths):
+        raise ValueError(f"{len(paths) - len(dataset)} image(s) could not be decoded; evaluation needs "
+                         "every one of them (see the warning that lists them)")
+    return dataset
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -846,7 +858,7 @@ def _epoch_rng(seed: int, epoch: int, regenerate_every: int) -> np.random.Genera
 class PairSampler:
     """The paper's balanced random pairs, redrawn every ``regenerate_every`` epochs.
 
-    Introduced in ``03_loss_comparison``. For every category, each epoch holds
+    For every category, each epoch holds
     ``pairs_per_category`` pairs: half positive (two different images of the
     category) and half negative (an image of the category and an image of
     another category drawn uniformly, then an image drawn uniformly within
@@ -872,10 +884,7 @@ class PairSampler:
         return int(n_pos * np.sum(self.index.counts >= 2) + n_neg * len(self.index.categories))
 
     def pairs(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(i, j, y)`` int64 arrays for ``epoch``, shuffled; ``y = 1`` for a same-category pair.
-
-        Introduced in ``03_loss_comparison``.
-        """
+        """``(i, j, y)`` int64 arrays for ``epoch``, shuffled; ``y = 1`` for a same-category pair."""
         rng = _epoch_rng(self.seed, epoch, self.regenerate_every)
         index, n_pos = self.index, self.pairs_per_category // 2
         n_neg = self.pairs_per_category - n_pos
@@ -895,7 +904,7 @@ class PairSampler:
 class TripletSampler:
     """Random triplets (anchor, positive, negative), redrawn every ``regenerate_every`` epochs.
 
-    Introduced in ``03_loss_comparison`` for the triplet-loss baseline. Every
+    For the triplet-loss baseline. Every
     category with at least two images gives ``triplets_per_category``
     triplets per epoch: two different images of the category and one image of
     another category drawn at random. Categories with one image give none
@@ -916,10 +925,7 @@ class TripletSampler:
         return int(self.triplets_per_category * np.sum(self.index.counts >= 2))
 
     def triplets(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(anchor, positive, negative)`` int64 index arrays for ``epoch``, shuffled.
-
-        Introduced in ``03_loss_comparison``.
-        """
+        """``(anchor, positive, negative)`` int64 index arrays for ``epoch``, shuffled."""
         rng = _epoch_rng(self.seed, epoch, self.regenerate_every)
         index = self.index
         category = np.repeat(np.flatnonzero(index.counts >= 2), self.triplets_per_category)
@@ -932,7 +938,7 @@ class TripletSampler:
 class PKBatchSampler(torch.utils.data.Sampler):
     """Batches of ``p`` categories x ``k`` images, for in-batch pair or triplet mining.
 
-    Introduced in ``03_loss_comparison`` as an alternative to the paper's
+    As an alternative to the paper's
     fixed pairs. Each batch picks ``p`` distinct categories among those with
     at least two images, then ``k`` images of each (without replacement when
     the category has ``k`` or more, else with replacement). An epoch holds
@@ -970,7 +976,7 @@ class PKBatchSampler(torch.utils.data.Sampler):
 def image_sizes(paths) -> pd.DataFrame:
     """Width and height of every image, read from the file headers only (no decoding).
 
-    Introduced in ``01_dataset_exploration``. Unreadable files get NaN.
+    Unreadable files get NaN.
     """
     rows = []
     for path in paths:

@@ -1,6 +1,6 @@
 """Pair and triplet losses on L2-normalised embeddings.
 
-Introduced in ``02_losses_explained``. Every loss is a plain function on
+Every loss is a plain function on
 tensors; the ``nn.Module`` classes at the bottom only store the margins.
 
 Notation used throughout: ``d = ||x1 - x2||_2`` is the Euclidean distance of
@@ -99,7 +99,7 @@ def _reduce(per_pair: Tensor, reduction: str) -> Tensor:
 def squared_pair_distance(x1: Tensor, x2: Tensor) -> Tensor:
     """Per-pair squared Euclidean distance ``||x1 - x2||^2`` of two (batch, dim) tensors.
 
-    Introduced in ``02_losses_explained``. Computed from the difference, not
+    Computed from the difference, not
     as ``2 - 2 cos``, so it stays accurate for nearly identical embeddings.
     """
     _check_embeddings(x1=x1, x2=x2)
@@ -109,7 +109,7 @@ def squared_pair_distance(x1: Tensor, x2: Tensor) -> Tensor:
 def pair_distance(x1: Tensor, x2: Tensor, eps: float = DISTANCE_EPS) -> Tensor:
     """Per-pair Euclidean distance ``d = ||x1 - x2||_2`` of two (batch, dim) tensors.
 
-    Introduced in ``02_losses_explained``. The squared distance is floored at
+    The squared distance is floored at
     ``eps`` before the square root: the gradient of ``sqrt`` is infinite at 0,
     so a pair of identical embeddings (a positive pair made of one image twice)
     would otherwise produce NaN gradients. Below the floor the gradient is
@@ -130,7 +130,7 @@ def contrastive_loss(x1: Tensor, x2: Tensor, y: Tensor, margin: float = 1.0,
                      reduction: str = "mean") -> Tensor:
     """Single margin contrastive loss.
 
-    Introduced in ``02_losses_explained``. Per pair::
+    Per pair::
 
         L = 1/2 * y * d^2 + 1/2 * (1 - y) * max(0, m - d)^2
 
@@ -153,7 +153,7 @@ def double_margin_contrastive_loss(x1: Tensor, x2: Tensor, y: Tensor, pos_margin
                                    neg_margin: float = 1.2, reduction: str = "mean") -> Tensor:
     """Double margin contrastive loss of DeepFirearm (Hao et al., ICPR 2018).
 
-    Introduced in ``02_losses_explained``. Per pair::
+    Per pair::
 
         L = 1/2 * y * max(0, d - m1)^2 + 1/2 * (1 - y) * max(0, m2 - d)^2
 
@@ -176,7 +176,7 @@ def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: flo
                  reduction: str = "mean", squared: bool = False) -> Tensor:
     """Triplet margin loss, the baseline that the double margin loss is compared with.
 
-    Introduced in ``02_losses_explained``. Per triplet, by default::
+    Per triplet, by default::
 
         L = max(0, d(a, p) - d(a, n) + m)
 
@@ -201,7 +201,7 @@ def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: flo
 def split_pair_loss(per_pair: Tensor, y: Tensor) -> dict[str, Tensor]:
     """Split per-pair loss terms (``reduction="none"``) into positive and negative parts.
 
-    Introduced in ``03_loss_comparison``. Returns 0-d tensors:
+    Returns 0-d tensors:
 
     * ``loss``: the mean over all pairs (what ``reduction="mean"`` returns; it
       keeps the autograd graph, so it can be back-propagated);
@@ -232,32 +232,13 @@ def split_pair_loss(per_pair: Tensor, y: Tensor) -> dict[str, Tensor]:
     }
 
 
-LOSS_KINDS = ("contrastive", "double_margin", "triplet")
+# --------------------------------------------------------------------------- curves against distance
+# Plain NumPy versions of the per-pair terms above, for drawing the loss and its
+# derivative dL/dd as functions of the distance. ``d`` (distances) and ``y``
+# (1 positive, 0 negative; scalar or array) broadcast together; each returns
+# ``(loss, grad)``, float64 arrays of the broadcast shape.
 
-
-def loss_and_grad_vs_distance(kind: str, d, y, **margins) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pair loss and its derivative dL/dd as functions of the distance, in plain NumPy.
-
-    Introduced in ``02_losses_explained`` to draw loss and gradient curves.
-    ``d`` (array of distances) and ``y`` (1 positive, 0 negative; scalar or
-    array) broadcast together. ``kind`` and its keyword margins:
-
-    * ``"contrastive"`` (``margin=1.0``):
-      ``y: d^2/2, dL/dd = d``; ``not y: max(0, m - d)^2/2, dL/dd = -max(0, m - d)``;
-    * ``"double_margin"`` (``pos_margin=0.8, neg_margin=1.2``):
-      ``y: max(0, d - m1)^2/2, dL/dd = max(0, d - m1)``;
-      ``not y: max(0, m2 - d)^2/2, dL/dd = -max(0, m2 - d)``;
-    * ``"triplet"`` (``margin=0.4, other_distance=1.0, squared=False``): for
-      ``y = 1``, ``d`` is d(a, p) and ``other_distance`` is d(a, n) held fixed;
-      for ``y = 0``, ``d`` is d(a, n) and ``other_distance`` is d(a, p).
-      ``L = max(0, d(a,p) - d(a,n) + m)``, so ``dL/dd = +1`` (positive) or
-      ``-1`` (negative) while the triplet is active; with ``squared=True``
-      distances are squared and the slopes are ``+2d`` / ``-2d``.
-
-    Returns ``(loss, grad)``, float64 arrays of the broadcast shape.
-    """
-    if kind not in _CURVES:
-        raise ValueError(f"kind must be one of {LOSS_KINDS}, got {kind!r}")
+def _curve_inputs(d, y) -> tuple[np.ndarray, np.ndarray]:
     d = np.asarray(d, dtype=np.float64)
     y = np.asarray(y)
     if not np.isin(y, (0, 1)).all():
@@ -265,24 +246,37 @@ def loss_and_grad_vs_distance(kind: str, d, y, **margins) -> tuple[np.ndarray, n
     if (d < 0).any():
         raise ValueError("distances d must be >= 0")
     positive = np.broadcast_to(y == 1, np.broadcast(d, y).shape)
-    loss, grad = _CURVES[kind](np.broadcast_to(d, positive.shape), positive, **margins)
-    return loss.astype(np.float64), grad.astype(np.float64)
+    return np.broadcast_to(d, positive.shape), positive
 
 
-def _contrastive_curves(d, positive, margin: float = 1.0):
+def contrastive_curves(d, y, margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Single margin: ``y: d^2/2, dL/dd = d``; ``not y: max(0, m - d)^2/2, dL/dd = -max(0, m - d)``."""
+    d, positive = _curve_inputs(d, y)
     margin = _check_margin("margin", margin)
     hinge = np.maximum(0.0, margin - d)
     return np.where(positive, 0.5 * d**2, 0.5 * hinge**2), np.where(positive, d, -hinge)
 
 
-def _double_margin_curves(d, positive, pos_margin: float = 0.8, neg_margin: float = 1.2):
+def double_margin_curves(d, y, pos_margin: float = 0.8, neg_margin: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """Double margin: ``y: max(0, d - m1)^2/2``, slope ``max(0, d - m1)``; ``not y: max(0, m2 - d)^2/2``, slope ``-max(0, m2 - d)``."""
+    d, positive = _curve_inputs(d, y)
     m1, m2 = _check_double_margins(pos_margin, neg_margin)
     pos_hinge, neg_hinge = np.maximum(0.0, d - m1), np.maximum(0.0, m2 - d)
     loss = np.where(positive, 0.5 * pos_hinge**2, 0.5 * neg_hinge**2)
     return loss, np.where(positive, pos_hinge, -neg_hinge)
 
 
-def _triplet_curves(d, positive, margin: float = 0.4, other_distance: float = 1.0, squared: bool = False):
+def triplet_curves(d, y, margin: float = 0.4, other_distance: float = 1.0,
+                   squared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Triplet: one distance moves while the other is held at ``other_distance``.
+
+    For ``y = 1``, ``d`` is d(a, p) and ``other_distance`` is d(a, n); for
+    ``y = 0``, ``d`` is d(a, n) and ``other_distance`` is d(a, p).
+    ``L = max(0, d(a,p) - d(a,n) + m)``, so ``dL/dd = +1`` (positive) or ``-1``
+    (negative) while the triplet is active; with ``squared=True`` distances
+    are squared and the slopes are ``+2d`` / ``-2d``.
+    """
+    d, positive = _curve_inputs(d, y)
     margin = _check_margin("margin", margin, allow_zero=True)
     power = 2 if squared else 1
     moving, fixed = d**power, float(other_distance) ** power
@@ -291,16 +285,9 @@ def _triplet_curves(d, positive, margin: float = 0.4, other_distance: float = 1.
     return loss, np.where(loss > 0, np.where(positive, slope, -slope), 0.0)
 
 
-_CURVES = {"contrastive": _contrastive_curves, "double_margin": _double_margin_curves,
-           "triplet": _triplet_curves}
-
-
 # --------------------------------------------------------------------------- modules
 class ContrastiveLoss(nn.Module):
-    """``nn.Module`` form of :func:`contrastive_loss`; call it as ``loss(x1, x2, y)``.
-
-    Introduced in ``02_losses_explained``.
-    """
+    """``nn.Module`` form of :func:`contrastive_loss`; call it as ``loss(x1, x2, y)``."""
 
     def __init__(self, margin: float = 1.0, reduction: str = "mean"):
         super().__init__()
@@ -316,10 +303,7 @@ class ContrastiveLoss(nn.Module):
 
 
 class DoubleMarginContrastiveLoss(nn.Module):
-    """``nn.Module`` form of :func:`double_margin_contrastive_loss`; call it as ``loss(x1, x2, y)``.
-
-    Introduced in ``02_losses_explained``.
-    """
+    """``nn.Module`` form of :func:`double_margin_contrastive_loss`; call it as ``loss(x1, x2, y)``."""
 
     def __init__(self, pos_margin: float = 0.8, neg_margin: float = 1.2, reduction: str = "mean"):
         super().__init__()
@@ -337,10 +321,7 @@ class DoubleMarginContrastiveLoss(nn.Module):
 
 
 class TripletLoss(nn.Module):
-    """``nn.Module`` form of :func:`triplet_loss`; call it as ``loss(anchor, positive, negative)``.
-
-    Introduced in ``02_losses_explained``.
-    """
+    """``nn.Module`` form of :func:`triplet_loss`; call it as ``loss(anchor, positive, negative)``."""
 
     def __init__(self, margin: float = 0.4, reduction: str = "mean", squared: bool = False):
         super().__init__()

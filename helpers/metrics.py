@@ -1,6 +1,6 @@
-"""Embedding extraction and retrieval metrics: AP, mAP, Recall@K and the PCA sweep.
+"""Retrieval metrics on embeddings: AP, mAP, Recall@K, the PCA sweep, distance pairs.
 
-Introduced in ``03_loss_comparison``. Every query is ranked against the
+Every query is ranked against the
 database by cosine similarity (embeddings are L2-normalised again here, in
 case they were not). ``ground_truth`` is a list with one integer array per
 query holding the positions in the database of its relevant items.
@@ -32,81 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
+from torch import Tensor
 
 AP_MODES = ("trapezoid", "standard")
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)
 DEFAULT_PCA_DIMS = (16, 32, 64, 128, 256, 512)
 CHUNK_ELEMENTS = 2**25
 """Largest score matrix (queries x database entries) handled in one piece (~34M, ~0.6 GB)."""
-
-
-# --------------------------------------------------------------------------- extraction
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _as_loader(dataset_or_loader, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    if isinstance(dataset_or_loader, DataLoader):
-        if isinstance(dataset_or_loader.sampler, RandomSampler):
-            raise ValueError("the DataLoader shuffles its data: embeddings would not come back in "
-                             "dataset order; pass the Dataset or a DataLoader with shuffle=False")
-        return dataset_or_loader
-    if not isinstance(dataset_or_loader, Dataset):
-        raise TypeError("expected a torch Dataset returning (image, label) or a DataLoader, got "
-                        f"{type(dataset_or_loader).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=pin_memory)
-
-
-def _images_of(batch) -> Tensor:
-    images = batch[0] if isinstance(batch, (list, tuple)) else batch
-    if not isinstance(images, Tensor):
-        raise TypeError(f"expected batches of (image tensor, label), got {type(images).__name__}")
-    return images
-
-
-@torch.no_grad()
-def extract_embeddings(model: nn.Module, dataset_or_loader, batch_size: int = 256,
-                       device=None, num_workers: int = 0, progress: bool = True) -> Tensor:
-    """Embed every image of a dataset with ``model``; return a float32 CPU tensor (N, D).
-
-    Introduced in ``03_loss_comparison``. ``dataset_or_loader`` is a Dataset
-    whose items are ``(image, label)`` (a non-shuffling DataLoader over one is
-    accepted as well); rows come back in dataset order. The model runs in eval
-    mode under ``torch.no_grad()`` and every submodule's train/eval mode is
-    restored afterwards. ``device=None`` uses the device the model is on; an
-    explicit device moves the model there. A progress bar is shown unless
-    ``progress=False``.
-    """
-    if device is None:
-        device = _model_device(model)
-    else:
-        device = torch.device(device)
-        model.to(device)
-    loader = _as_loader(dataset_or_loader, batch_size, num_workers, device.type == "cuda")
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    chunks = []
-    try:
-        for batch in tqdm(loader, desc="embedding", disable=not progress, leave=False):
-            out = model(_images_of(batch).to(device, non_blocking=True))
-            if not isinstance(out, Tensor) or out.dim() != 2:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(f"the model must return a (batch, dim) embedding tensor, got {got}")
-            chunks.append(out.float().cpu())
-    finally:
-        for module, was_training in modes:
-            module.train(was_training)
-    if not chunks:
-        raise ValueError("the dataset is empty: nothing to embed")
-    return torch.cat(chunks)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -171,8 +103,7 @@ def _chunks(n_queries: int, n_db: int) -> Iterable[tuple[int, int]]:
 def similarity_ranking(query_emb, db_emb, k: int | None = None) -> np.ndarray:
     """Database positions sorted by descending cosine similarity, one row per query.
 
-    Introduced in ``05_embedding_visualization`` (retrieval galleries). Returns
-    an int64 array (Q, N), or (Q, min(k, N)) with ``k``. Exact ties keep the
+    Returns an int64 array (Q, N), or (Q, min(k, N)) with ``k``. Exact ties keep the
     lower database position first.
     """
     queries, database = _pair_of_embeddings(query_emb, db_emb)
@@ -216,10 +147,19 @@ def _hit_numbers(n_relevant: np.ndarray) -> np.ndarray:
     return np.arange(int(n_relevant.sum())) - np.repeat(first, n_relevant)
 
 
-def _average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode: str) -> np.ndarray:
+def average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode: str = "trapezoid",
+                                 n_hits=None) -> np.ndarray:
+    """Per-query AP from the 0-based ranks of the hits, grouped by query and sorted by rank within it.
+
+    ``hit_query[i]`` and ``hit_rank[i]`` give the query and rank of hit ``i``;
+    ``n_relevant[q]`` is the number of relevant items of query ``q`` (the
+    divisor), ``n_hits[q]`` the number of hits listed for it (default: all of
+    them, ``n_relevant``). A ranking cut at top-k lists fewer hits than there
+    are relevant items; the missing ones then add nothing, as if never retrieved.
+    """
     if mode not in AP_MODES:
         raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
-    k = _hit_numbers(n_relevant).astype(np.float64)
+    k = _hit_numbers(n_relevant if n_hits is None else n_hits).astype(np.float64)
     r = hit_rank.astype(np.float64)
     after = (k + 1) / (r + 1)
     if mode == "standard":
@@ -248,22 +188,19 @@ def _check_ks(ks) -> tuple[int, ...]:
 def average_precision(query_emb, db_emb, ground_truth, mode: str = "trapezoid") -> np.ndarray:
     """Average precision of every query, a float64 array (Q,).
 
-    Introduced in ``03_loss_comparison``. ``mode`` is ``"trapezoid"`` (the
+    ``mode`` is ``"trapezoid"`` (the
     paper's Oxford/Paris protocol) or ``"standard"`` (non-interpolated, as
     scikit-learn); see the module docstring for the formulas. Duplicate
     positions in a query's ground truth count once.
     """
     if mode not in AP_MODES:
         raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
-    return _average_precision_from_ranks(*_relevant_ranks(query_emb, db_emb, ground_truth), mode)
+    return average_precision_from_ranks(*_relevant_ranks(query_emb, db_emb, ground_truth), mode)
 
 
 def mean_average_precision(query_emb, db_emb, ground_truth,
                            mode: str = "trapezoid") -> tuple[float, np.ndarray]:
-    """Return ``(mAP, per-query APs)``: the mean of :func:`average_precision` over queries.
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """Return ``(mAP, per-query APs)``: the mean of :func:`average_precision` over queries."""
     aps = average_precision(query_emb, db_emb, ground_truth, mode=mode)
     return float(aps.mean()), aps
 
@@ -271,7 +208,7 @@ def mean_average_precision(query_emb, db_emb, ground_truth,
 def recall_at_k(query_emb, db_emb, ground_truth, ks=DEFAULT_KS) -> dict[int, float]:
     """Recall@K: the fraction of queries with at least one relevant item among their top K.
 
-    Introduced in ``03_loss_comparison``. Returns ``{k: recall}``; a K larger
+    Returns ``{k: recall}``; a K larger
     than the database is capped at the database size.
     """
     ks = _check_ks(ks)
@@ -282,7 +219,7 @@ def recall_at_k(query_emb, db_emb, ground_truth, ks=DEFAULT_KS) -> dict[int, flo
 def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = None) -> dict:
     """One tidy result row: both mAP flavours and Recall@K from a single ranking.
 
-    Introduced in ``03_loss_comparison``. Keys: ``"name"`` (when given),
+    Keys: ``"name"`` (when given),
     ``"mAP (trapezoid)"``, ``"mAP (standard)"``, then ``"R@1"``, ``"R@2"``, ...
     Values are fractions in [0, 1]. ``pandas.DataFrame([evaluate(...), ...])``
     makes a results table.
@@ -291,7 +228,7 @@ def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = 
     hits = _relevant_ranks(query_emb, db_emb, ground_truth)
     row = {} if name is None else {"name": name}
     for mode in AP_MODES:
-        row[f"mAP ({mode})"] = float(_average_precision_from_ranks(*hits, mode).mean())
+        row[f"mAP ({mode})"] = float(average_precision_from_ranks(*hits, mode).mean())
     for k, value in _recall_from_ranks(*hits, n_db=len(db_emb), ks=ks).items():
         row[f"R@{k}"] = value
     return row
@@ -307,7 +244,7 @@ def _to_numpy(x, name: str) -> np.ndarray:
 def pca_sweep(query_emb, db_emb, ground_truth, dims=DEFAULT_PCA_DIMS, fit_on=None) -> pd.DataFrame:
     """mAP and Recall@1 after PCA reduction to each dimension in ``dims``.
 
-    Introduced in ``04_two_stage_training``. A ``sklearn.decomposition.PCA``
+    A ``sklearn.decomposition.PCA``
     (no whitening) is fitted once on ``fit_on`` (default: the database
     embeddings); each dimension keeps the leading components, and the
     projected embeddings are L2-normalised again before ranking. Dimensions
@@ -374,7 +311,7 @@ def _negative_partners(codes: np.ndarray, anchors: np.ndarray, rng: np.random.Ge
 def distance_pairs(emb, labels, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distances of ``n_pairs`` random positive and ``n_pairs`` random negative pairs.
 
-    Introduced in ``03_loss_comparison`` for distance histograms. Embeddings
+    For distance histograms. Embeddings
     are L2-normalised first, so distances lie in [0, 2] as in the losses.
     Anchors are drawn uniformly among items (of categories with at least two
     items, for positives); a positive partner is a uniformly random other item
@@ -408,8 +345,7 @@ def distance_pairs(emb, labels, n_pairs: int, seed: int = 0) -> tuple[np.ndarray
 def relevance_matrix(ranking: np.ndarray, ground_truth: Sequence) -> np.ndarray:
     """Boolean (Q, k) matrix: whether the result at each rank of ``ranking`` is relevant to its query.
 
-    Introduced in ``05_embedding_visualization`` (hits and misses in the
-    galleries). ``ranking`` holds database positions, as returned by
+    ``ranking`` holds database positions, as returned by
     :func:`similarity_ranking`.
     """
     ranking = np.asarray(ranking)
@@ -424,7 +360,7 @@ def relevance_matrix(ranking: np.ndarray, ground_truth: Sequence) -> np.ndarray:
 def confused_pairs(ranking: np.ndarray, query_labels, database_labels, k: int = 10) -> pd.DataFrame:
     """Count, over all queries, the wrong-category results in each top-k, by (query category, result category).
 
-    Introduced in ``05_embedding_visualization``. Returns a DataFrame with
+    Returns a DataFrame with
     columns ``query_label``, ``result_label``, ``count`` and ``share`` (the
     count over all top-k slots of that query category), most confused first.
     """

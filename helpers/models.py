@@ -1,11 +1,10 @@
 """Backbones, global pooling, L2 normalisation and the two networks of the series.
 
-Introduced in ``03_loss_comparison`` (the embedding network) and
-``04_two_stage_training`` (the stage-1 classifier). The maths of each pooling
+The maths of each pooling
 lives in a plain function (:func:`mac`, :func:`spoc`, :func:`gem`,
 :func:`l2_normalize`); the ``nn.Module`` classes are thin wrappers around them.
 
-The paper's network (DESIGN §1) is VGG16's convolutional layers up to the ReLU
+The paper's network is VGG16's convolutional layers up to the ReLU
 after ``conv5_3`` (the last max-pool removed), global max pooling (MAC) and L2
 normalisation: a 512-d unit vector per image. The ``small`` backbone is a
 CPU-friendly stand-in used by the ``smoke`` and ``tutorial`` profiles.
@@ -14,13 +13,16 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
+
+from . import config
 
 BACKBONES = ("vgg16", "resnet18", "resnet50", "small")
 POOLINGS = ("mac", "spoc", "gem")
@@ -42,7 +44,7 @@ def _check_feature_map(x: torch.Tensor) -> None:
 def mac(x: torch.Tensor) -> torch.Tensor:
     """Maximum activation of convolutions: the spatial maximum of each channel, ``(B, C)``.
 
-    Introduced in ``03_loss_comparison``; the paper's pooling.
+    The paper's pooling.
     """
     _check_feature_map(x)
     return x.amax(dim=(2, 3))
@@ -51,7 +53,7 @@ def mac(x: torch.Tensor) -> torch.Tensor:
 def spoc(x: torch.Tensor) -> torch.Tensor:
     """Sum-pooled convolutional features (here the spatial mean of each channel), ``(B, C)``.
 
-    Introduced in ``03_loss_comparison``. The mean differs from the sum only by a
+    The mean differs from the sum only by a
     constant factor, which the L2 normalisation removes.
     """
     _check_feature_map(x)
@@ -61,7 +63,7 @@ def spoc(x: torch.Tensor) -> torch.Tensor:
 def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> torch.Tensor:
     """Generalised mean pooling ``(mean(clamp(x, eps) ** p)) ** (1 / p)`` per channel, ``(B, C)``.
 
-    Introduced in ``03_loss_comparison``. ``p = 1`` is :func:`spoc` (for
+    ``p = 1`` is :func:`spoc` (for
     non-negative inputs) and ``p -> inf`` tends to :func:`mac`. Values are
     clamped at ``eps`` so that fractional powers and gradients stay finite.
     """
@@ -73,32 +75,26 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6) -> to
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Scale every row of ``x`` to unit Euclidean length (rows of zeros stay zero).
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """Scale every row of ``x`` to unit Euclidean length (rows of zeros stay zero)."""
     return F.normalize(x, p=2.0, dim=1, eps=eps)
 
 
 class MAC(nn.Module):
-    """Global max pooling (:func:`mac`). Introduced in ``03_loss_comparison``."""
+    """Global max pooling (:func:`mac`). """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mac(x)
 
 
 class SPoC(nn.Module):
-    """Global average pooling (:func:`spoc`). Introduced in ``03_loss_comparison``."""
+    """Global average pooling (:func:`spoc`). """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return spoc(x)
 
 
 class GeM(nn.Module):
-    """Generalised mean pooling (:func:`gem`) with a learnable exponent ``p``.
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """Generalised mean pooling (:func:`gem`) with a learnable exponent ``p``."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6):
         super().__init__()
@@ -115,7 +111,7 @@ class GeM(nn.Module):
 
 
 class L2Norm(nn.Module):
-    """Row-wise L2 normalisation (:func:`l2_normalize`). Introduced in ``03_loss_comparison``."""
+    """Row-wise L2 normalisation (:func:`l2_normalize`). """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return l2_normalize(x)
@@ -123,8 +119,6 @@ class L2Norm(nn.Module):
 
 def build_pooling(name: str) -> nn.Module:
     """The pooling layer called ``name``: ``"mac"``, ``"spoc"`` or ``"gem"``.
-
-    Introduced in ``03_loss_comparison``.
     """
     layers = {"mac": MAC, "spoc": SPoC, "gem": GeM}
     key = str(name).lower()
@@ -136,10 +130,7 @@ def build_pooling(name: str) -> nn.Module:
 # --------------------------------------------------------------------------- backbones
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """A 3x3 convolution (no bias), batch normalisation and ReLU.
-
-    Introduced in ``03_loss_comparison`` as the building block of the ``small`` backbone.
-    """
+    """A 3x3 convolution (no bias), batch normalisation and ReLU.: the building block of the ``small`` backbone."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
@@ -150,7 +141,7 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 def small_backbone(stages: tuple[tuple[int, int], ...] = SMALL_STAGES) -> tuple[nn.Sequential, int]:
     """A small CNN trained from scratch on a CPU; returns ``(trunk, out_channels)``.
 
-    Introduced in ``03_loss_comparison``. A stride-2 stem halves the input; each
+    A stride-2 stem halves the input; each
     stage ``(channels, blocks)`` stacks conv-BN-ReLU blocks and all but the last
     end with a 2x2 max-pool, so the trunk ends on a ReLU (ready for MAC). A
     64x64 canvas gives a 4x4 final map with 256 channels; about 1.0 M
@@ -200,7 +191,7 @@ def _torchvision_spec(name: str):
 def imagenet_weights_location(name: str) -> tuple[str, Path, str]:
     """``(file name, cache folder, URL)`` of torchvision's ImageNet weights for backbone ``name``.
 
-    Introduced in ``04_two_stage_training``. The cache folder is
+    The cache folder is
     ``<torch.hub.get_dir()>/checkpoints`` (``$TORCH_HOME/hub/checkpoints``);
     a file placed there by hand is used without any download.
     """
@@ -216,7 +207,7 @@ def imagenet_weights_location(name: str) -> tuple[str, Path, str]:
 def load_imagenet_state_dict(name: str, progress: bool = True) -> dict:
     """torchvision's ``IMAGENET1K_V1`` state dict for ``name``, from the hub cache or downloaded.
 
-    Introduced in ``04_two_stage_training``. Offline and without a cached file
+    Offline and without a cached file
     it raises a ``RuntimeError`` that says which file to put in which folder and
     where to download it; it never falls back to random weights.
     """
@@ -246,7 +237,7 @@ def _is_imagenet(weights: str | None) -> bool:
 def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
     """The convolutional trunk called ``name`` and its number of output channels.
 
-    Introduced in ``03_loss_comparison``. ``name`` is ``"vgg16"`` (conv layers up
+    ``name`` is ``"vgg16"`` (conv layers up
     to the ReLU after conv5_3, without the last max-pool, as in the paper; 512
     channels), ``"resnet18"`` (512) or ``"resnet50"`` (2048) up to ``layer4``,
     or ``"small"`` (:func:`small_backbone`). ``weights=None`` initialises at
@@ -282,7 +273,7 @@ def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, in
 class EmbeddingNet(nn.Module):
     """trunk -> global pooling -> optional linear projection -> L2 normalisation.
 
-    Introduced in ``03_loss_comparison``. ``forward(x)`` returns ``(B, dim)``
+    ``forward(x)`` returns ``(B, dim)``
     unit vectors; ``features(x)`` the pooled (and projected) vectors before
     normalisation. ``dim`` is ``embedding_dim`` when a projection is used,
     else the trunk's channel count.
@@ -312,21 +303,21 @@ class EmbeddingNet(nn.Module):
     def from_classifier(cls, classifier: "ClassifierNet", embedding_dim: int | None = None) -> "EmbeddingNet":
         """An embedding network holding copies of a stage-1 classifier's trunk and pooling.
 
-        Introduced in ``04_two_stage_training``. The classification head is
+        The classification head is
         dropped; the classifier itself is left untouched.
         """
         if not isinstance(classifier, ClassifierNet):
             raise TypeError(f"expected a ClassifierNet, got {type(classifier).__name__}")
-        return cls(
-            copy.deepcopy(classifier.trunk), copy.deepcopy(classifier.pooling),
-            classifier.in_channels, embedding_dim,
-        )
+        net = cls(copy.deepcopy(classifier.trunk), copy.deepcopy(classifier.pooling),
+                  classifier.in_channels, embedding_dim)
+        net.backbone_name = getattr(classifier, "backbone_name", None)
+        return net
 
 
 class ClassifierNet(nn.Module):
     """trunk -> global pooling -> dropout (optional) -> linear layer to ``n_classes`` logits.
 
-    Introduced in ``04_two_stage_training`` for stage 1. ``embed(x)`` gives the
+    For stage 1. ``embed(x)`` gives the
     L2-normalised pooled features, i.e. what the stage-2 network starts from.
     """
 
@@ -356,44 +347,131 @@ class ClassifierNet(nn.Module):
 
 # --------------------------------------------------------------------------- constructors
 
-def _resolve_profile(profile, overrides: dict):
-    from . import config
-
-    if profile is None or isinstance(profile, str):
-        profile = config.get_profile(profile)
-    if overrides:
-        unknown = sorted(set(overrides) - set(profile.to_dict()))
-        if unknown:
-            raise TypeError(f"unknown profile field(s) {unknown}; expected fields of config.Profile")
-        profile = replace(profile, **overrides)
-    return profile
-
-
 def build_embedding_net(profile=None, **overrides) -> EmbeddingNet:
     """The embedding network described by a profile (``backbone``, ``weights``, ``pooling``,
-    ``embedding_dim``); ``profile`` is a Profile, a profile name or ``None`` (the active one).
+    ``embedding_dim``); ``profile`` goes through :func:`helpers.config.get_profile`.
 
-    Introduced in ``03_loss_comparison``. Keyword overrides replace profile
+    Keyword overrides replace profile
     fields, e.g. ``build_embedding_net(pooling="gem", weights=None)``.
     """
-    profile = _resolve_profile(profile, overrides)
+    profile = config.get_profile(profile, **overrides)
     trunk, channels = build_backbone(profile.backbone, profile.weights)
-    return EmbeddingNet(trunk, build_pooling(profile.pooling), channels, profile.embedding_dim)
+    net = EmbeddingNet(trunk, build_pooling(profile.pooling), channels, profile.embedding_dim)
+    net.backbone_name = profile.backbone
+    return net
 
 
 def build_classifier(n_classes: int, profile=None, *, dropout: float = 0.0, **overrides) -> ClassifierNet:
     """The stage-1 classifier described by a profile (``backbone``, ``weights``, ``pooling``).
 
-    Introduced in ``04_two_stage_training``. Keyword overrides replace profile fields.
+    Keyword overrides replace profile fields.
     """
-    profile = _resolve_profile(profile, overrides)
+    profile = config.get_profile(profile, **overrides)
     trunk, channels = build_backbone(profile.backbone, profile.weights)
-    return ClassifierNet(trunk, build_pooling(profile.pooling), channels, n_classes, dropout)
+    net = ClassifierNet(trunk, build_pooling(profile.pooling), channels, n_classes, dropout)
+    net.backbone_name = profile.backbone
+    return net
+
+
+def _pooling_name(pooling: nn.Module) -> str:
+    names = {MAC: "mac", SPoC: "spoc", GeM: "gem"}
+    if type(pooling) not in names:
+        raise ValueError(f"cannot describe pooling {type(pooling).__name__}; expected one of {list(POOLINGS)}")
+    return names[type(pooling)]
+
+
+def model_spec(model: nn.Module) -> dict:
+    """What :func:`model_from_spec` needs to rebuild ``model`` (before its weights are loaded)."""
+    backbone = getattr(model, "backbone_name", None)
+    if backbone is None:
+        raise ValueError("the model was not built by build_embedding_net/build_classifier: its backbone is unknown")
+    spec = {"backbone": backbone, "pooling": _pooling_name(model.pooling)}
+    if isinstance(model, ClassifierNet):
+        dropout = model.dropout.p if isinstance(model.dropout, nn.Dropout) else 0.0
+        return {"type": "classifier", **spec, "n_classes": model.n_classes, "dropout": dropout}
+    return {"type": "embedding", **spec,
+            "embedding_dim": model.projection.out_features if model.projection is not None else None}
+
+
+def model_from_spec(spec: dict) -> nn.Module:
+    """A randomly initialised network of the shape described by :func:`model_spec`."""
+    trunk, channels = build_backbone(spec["backbone"], weights=None)
+    pooling = build_pooling(spec["pooling"])
+    if spec["type"] == "classifier":
+        net = ClassifierNet(trunk, pooling, channels, spec["n_classes"], spec["dropout"])
+    else:
+        net = EmbeddingNet(trunk, pooling, channels, spec["embedding_dim"])
+    net.backbone_name = spec["backbone"]
+    return net
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (only those with ``requires_grad`` if asked).
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """Number of parameters of ``model`` (only those with ``requires_grad`` if asked)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --------------------------------------------------------------------------- running a model over data
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _as_loader(dataset_or_loader, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    if isinstance(dataset_or_loader, DataLoader):
+        if isinstance(dataset_or_loader.sampler, RandomSampler):
+            raise ValueError("the DataLoader shuffles its data: embeddings would not come back in "
+                             "dataset order; pass the Dataset or a DataLoader with shuffle=False")
+        return dataset_or_loader
+    if not isinstance(dataset_or_loader, Dataset):
+        raise TypeError("expected a torch Dataset returning (image, label) or a DataLoader, got "
+                        f"{type(dataset_or_loader).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
+def _images_of(batch) -> Tensor:
+    images = batch[0] if isinstance(batch, (list, tuple)) else batch
+    if not isinstance(images, Tensor):
+        raise TypeError(f"expected batches of (image tensor, label), got {type(images).__name__}")
+    return images
+
+
+@torch.no_grad()
+def extract_embeddings(model: nn.Module, dataset_or_loader, batch_size: int = 256,
+                       device=None, num_workers: int = 0, progress: bool = True) -> Tensor:
+    """Embed every image of a dataset with ``model``; return a float32 CPU tensor (N, D).
+
+    ``dataset_or_loader`` is a Dataset
+    whose items are ``(image, label)`` (a non-shuffling DataLoader over one is
+    accepted as well); rows come back in dataset order. The model runs in eval
+    mode under ``torch.no_grad()`` and every submodule's train/eval mode is
+    restored afterwards. ``device=None`` uses the device the model is on; an
+    explicit device moves the model there. A progress bar is shown unless
+    ``progress=False``.
+    """
+    if device is None:
+        device = _model_device(model)
+    else:
+        device = torch.device(device)
+        model.to(device)
+    loader = _as_loader(dataset_or_loader, batch_size, num_workers, device.type == "cuda")
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    chunks = []
+    try:
+        for batch in tqdm(loader, desc="embedding", disable=not progress, leave=False):
+            out = model(_images_of(batch).to(device, non_blocking=True))
+            if not isinstance(out, Tensor) or out.dim() != 2:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(f"the model must return a (batch, dim) embedding tensor, got {got}")
+            chunks.append(out.float().cpu())
+    finally:
+        for module, was_training in modes:
+            module.train(was_training)
+    if not chunks:
+        raise ValueError("the dataset is empty: nothing to embed")
+    return torch.cat(chunks)

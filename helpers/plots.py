@@ -7,27 +7,23 @@ several series are drawn, a legend.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from . import config
+from . import config, methods
 
 POSITIVE_COLOUR = "#1b9e77"
 NEGATIVE_COLOUR = "#d95f02"
 HIT_COLOUR = "#1a9850"
 MISS_COLOUR = "#d73027"
-LOSS_COLOURS = {"single": "#7570b3", "double": "#1b9e77", "triplet": "#e7298a", "classifier": "#666666"}
 
 
 def set_style() -> None:
-    """Apply the series' plotting style (seaborn whitegrid, readable font sizes).
-
-    Introduced in ``01_dataset_exploration``.
-    """
+    """Apply the series' plotting style (seaborn whitegrid, readable font sizes)."""
     sns.set_theme(context="notebook", style="whitegrid", palette="deep")
     plt.rcParams.update({"figure.dpi": 72, "axes.titleweight": "bold",
                          "figure.autolayout": False})
@@ -36,7 +32,7 @@ def set_style() -> None:
 def save_fig(fig, name: str, folder: Path | None = None, dpi: int = 100) -> Path:
     """Save ``fig`` as ``<folder>/<name>.png`` (default folder: ``figures/`` at the repo root).
 
-    Introduced in ``01_dataset_exploration``. Returns the path written.
+    Returns the path written.
     """
     folder = Path(folder) if folder is not None else config.FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,10 +63,7 @@ def _frame(ax, colour: str, width: float = 4.0) -> None:
 
 def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 8,
                size: float = 1.6, suptitle: str | None = None, frames: Sequence[str | None] | None = None):
-    """Show images (paths, PIL images or arrays) in a grid with optional titles and coloured frames.
-
-    Introduced in ``01_dataset_exploration``.
-    """
+    """Show images (paths, PIL images or arrays) in a grid with optional titles and coloured frames."""
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
@@ -97,7 +90,7 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
 def class_count_plot(counts: pd.Series, title: str = "Images per category", ax=None, hue=None):
     """Bar plot of images per category, sorted descending, to show the long tail.
 
-    Introduced in ``01_dataset_exploration``. ``hue`` (a Series aligned with
+    ``hue`` (a Series aligned with
     ``counts``) colours the bars, e.g. by family.
     """
     counts = counts.sort_values(ascending=False)
@@ -123,7 +116,7 @@ def loss_curves(histories: Mapping[str, pd.DataFrame], column: str = "loss", win
                 ax=None, ylabel: str | None = None, title: str | None = None):
     """Per-iteration curves of ``column`` for several runs, smoothed by a rolling mean.
 
-    Introduced in ``03_loss_comparison``. The raw values are drawn faintly
+    The raw values are drawn faintly
     behind the smoothed line.
     """
     if ax is None:
@@ -133,7 +126,7 @@ def loss_curves(histories: Mapping[str, pd.DataFrame], column: str = "loss", win
     for name, history in histories.items():
         x = np.arange(len(history))
         y = history[column].to_numpy(dtype=float)
-        colour = LOSS_COLOURS.get(name.split()[0].lower(), None)
+        colour = methods.colour_of(name, default=None)
         line, = ax.plot(x, pd.Series(y).rolling(window, min_periods=1).mean(), label=name, color=colour)
         ax.plot(x, y, color=line.get_color(), alpha=0.2, linewidth=0.8)
     ax.set_xlabel("iteration")
@@ -146,7 +139,7 @@ def loss_curves(histories: Mapping[str, pd.DataFrame], column: str = "loss", win
 def loss_share_plot(history: pd.DataFrame, window: int = 10, ax=None, title: str | None = None):
     """Stacked share of the loss coming from positive and from negative pairs, per iteration.
 
-    Introduced in ``02_losses_explained``: the paper's imbalance argument.
+    The paper's imbalance argument.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -171,7 +164,7 @@ def distance_histograms(distances: np.ndarray, y: np.ndarray, ax=None, title: st
                         margins: Mapping[str, float] | None = None, bins: int = 40):
     """Overlaid histograms of positive and negative pair distances, with margins as vertical lines.
 
-    Introduced in ``03_loss_comparison``. Distances of unit vectors lie in [0, 2].
+    Distances of unit vectors lie in [0, 2].
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -198,7 +191,7 @@ def embedding_scatter(coords: np.ndarray, labels: Sequence, ax=None, title: str 
                       xlabel: str = "dimension 1", ylabel: str = "dimension 2", max_legend: int = 12):
     """Scatter plot of 2-D coordinates coloured by label (category or family).
 
-    Introduced in ``05_embedding_visualization``. With many labels the legend
+    With many labels the legend
     is dropped and a note gives the number of labels instead.
     """
     if ax is None:
@@ -226,7 +219,7 @@ def retrieval_gallery(query_images: Sequence, ranked_images: Sequence[Sequence],
                       title: str = "Retrieval results"):
     """One row per query: the query, then its top-k results framed green (hit) or red (miss).
 
-    Introduced in ``05_embedding_visualization``. ``relevant`` is a boolean
+    ``relevant`` is a boolean
     (queries, k) array.
     """
     n = len(query_images)
@@ -256,17 +249,14 @@ def retrieval_gallery(query_images: Sequence, ranked_images: Sequence[Sequence],
 
 def metric_bars(table: pd.DataFrame, metric: str, ax=None, title: str | None = None,
                 error: str | None = None):
-    """Horizontal bars of one metric per method, with optional error bars (e.g. std over seeds).
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """Horizontal bars of one metric per method, with optional error bars (e.g. std over seeds)."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 0.5 * len(table) + 1.2))
     else:
         fig = ax.figure
     values = table[metric].to_numpy(dtype=float)
     xerr = table[error].to_numpy(dtype=float) if error else None
-    colours = [LOSS_COLOURS.get(str(i).split()[0].lower(), "#4c72b0") for i in table.index]
+    colours = [methods.colour_of(i) for i in table.index]
     ax.barh(np.arange(len(table)), values, xerr=xerr, color=colours, alpha=0.9)
     ax.set_yticks(np.arange(len(table)))
     ax.set_yticklabels(table.index)
@@ -281,16 +271,13 @@ def metric_bars(table: pd.DataFrame, metric: str, ax=None, title: str | None = N
 
 def curves_by_run(frames: Mapping[str, pd.DataFrame], x: str, y: str, ax=None, title: str | None = None,
                   xlabel: str | None = None, ylabel: str | None = None, marker: str = "o"):
-    """One line per run of ``y`` against ``x`` (e.g. validation mAP per epoch, mAP per PCA dimension).
-
-    Introduced in ``03_loss_comparison``.
-    """
+    """One line per run of ``y`` against ``x`` (e.g. validation mAP per epoch, mAP per PCA dimension)."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     else:
         fig = ax.figure
     for name, frame in frames.items():
-        colour = LOSS_COLOURS.get(name.split()[0].lower(), None)
+        colour = methods.colour_of(name, default=None)
         ax.plot(frame[x], frame[y], marker=marker, label=name, color=colour)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)

@@ -562,6 +562,6 @@ def test_load_active_release_loads_the_synthetic_release_of_the_profile(tmp_path
     monkeypatch.setenv(config.PROFILE_ENV, "smoke")
     second = D.load_active_release(seed=3, progress=False)
     expected_root = tmp_path / "synthetic" / "smoke-seed3"
-    assert calls == [(expected_root, "smoke", 3, False)] * 2
+    assert calls == [(expected_root, config.get_profile("smoke"), 3, False)] * 2
     assert first.root == second.root == expected_root
     assert first.categories == sorted(TRAIN_CATEGORIES)

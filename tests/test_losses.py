@@ -244,17 +244,17 @@ def test_double_margin_matches_pytorch_metric_learning(batch):
     torch.testing.assert_close(grad_ours, grad_pml)
 
 
-@pytest.mark.parametrize("kind, margins, torch_loss", [
-    ("contrastive", {"margin": 1.1},
+@pytest.mark.parametrize("curves, margins, torch_loss", [
+    (L.contrastive_curves, {"margin": 1.1},
      lambda x1, x2, y: L.contrastive_loss(x1, x2, y, margin=1.1, reduction="none")),
-    ("double_margin", {"pos_margin": 0.7, "neg_margin": 1.3},
+    (L.double_margin_curves, {"pos_margin": 0.7, "neg_margin": 1.3},
      lambda x1, x2, y: L.double_margin_contrastive_loss(x1, x2, y, 0.7, 1.3, reduction="none")),
 ])
-def test_loss_and_grad_vs_distance_matches_autograd(kind, margins, torch_loss):
+def test_loss_curves_match_autograd(curves, margins, torch_loss):
     # distances avoiding the kinks at the margins
     d = np.array([0.05, 0.3, 0.65, 0.9, 1.05, 1.25, 1.5, 1.9])
     for y in (0, 1):
-        loss, grad = L.loss_and_grad_vs_distance(kind, d, y, **margins)
+        loss, grad = curves(d, y, **margins)
         # 1-D points: x1 = 0, x2 = d, so d(L)/d(x2) = dL/dd
         x2 = torch.tensor(d[:, None], requires_grad=True)
         ref = torch_loss(torch.zeros_like(x2), x2, torch.full((len(d),), y))
@@ -264,12 +264,11 @@ def test_loss_and_grad_vs_distance_matches_autograd(kind, margins, torch_loss):
 
 
 @pytest.mark.parametrize("squared", [False, True])
-def test_loss_and_grad_vs_distance_triplet_matches_autograd(squared):
+def test_triplet_curves_match_autograd(squared):
     d = np.array([0.05, 0.3, 0.65, 0.9, 1.15, 1.5, 1.9])
     other, margin = 0.8, 0.3
     for y in (0, 1):
-        loss, grad = L.loss_and_grad_vs_distance("triplet", d, y, margin=margin,
-                                                 other_distance=other, squared=squared)
+        loss, grad = L.triplet_curves(d, y, margin=margin, other_distance=other, squared=squared)
         moving = torch.tensor(d[:, None], requires_grad=True)
         fixed = torch.full_like(moving, other)
         p, n = (moving, fixed) if y == 1 else (fixed, moving)
@@ -295,7 +294,7 @@ def test_modules_wrap_the_functions(batch):
 
 def test_loss_curves_reject_margins_of_another_loss():
     with pytest.raises(TypeError, match="pos_margin"):
-        L.loss_and_grad_vs_distance("contrastive", [0.5], 1, pos_margin=1)
+        L.contrastive_curves([0.5], 1, pos_margin=1)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -311,8 +310,8 @@ def test_loss_curves_reject_margins_of_another_loss():
     (lambda x, y: L.triplet_loss(x, x, x, margin=-1), "margin must be"),
     (lambda x, y: L.contrastive_loss(x[:0], x[:0], y[:0]), "empty"),
     (lambda x, y: L.split_pair_loss(torch.ones(4, 2), y), "1-D"),
-    (lambda x, y: L.loss_and_grad_vs_distance("quadruplet", [0.5], 1), "kind must be"),
-    (lambda x, y: L.loss_and_grad_vs_distance("contrastive", [0.5], 2), "only 0 or 1"),
+    (lambda x, y: L.contrastive_curves([0.5], 2), "only 0 or 1"),
+    (lambda x, y: L.double_margin_curves([0.5], 1, 1.2, 0.8), "smaller than neg_margin"),
     (lambda x, y: L.DoubleMarginContrastiveLoss(1.0, 1.0), "smaller than neg_margin"),
 ])
 def test_argument_validation(call, message):

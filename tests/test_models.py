@@ -5,7 +5,9 @@ import urllib.error
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import config, models
 
@@ -215,3 +217,45 @@ def test_small_backbone_has_no_imagenet_weights():
         models.build_backbone("small", weights="imagenet")
     with pytest.raises(ValueError, match="no ImageNet weights"):
         models.build_embedding_net(config.get_profile("smoke", weights="imagenet"))
+
+
+# --------------------------------------------------------------------------- extraction
+class _TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(0.5))
+        self.frozen = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return F.normalize(self.frozen(self.body(x)), dim=1)
+
+
+def test_extract_embeddings_equals_direct_forward_and_restores_modes():
+    torch.manual_seed(0)
+    model = _TinyNet()
+    model.body[1].running_mean.uniform_(-1, 1)  # eval-mode BatchNorm must use these statistics
+    model.train()
+    model.frozen.eval()  # a submodule kept in eval mode must stay so
+    images = torch.randn(10, 3, 8, 8)
+    dataset = TensorDataset(images, torch.arange(10))
+    emb = models.extract_embeddings(model, dataset, batch_size=3, progress=False)
+    assert model.training and model.body[1].training and not model.frozen.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(images)
+    assert emb.dtype == torch.float32 and emb.device.type == "cpu" and emb.shape == (10, 4)
+    torch.testing.assert_close(emb, expected)
+    loader = DataLoader(dataset, batch_size=4, shuffle=False)
+    torch.testing.assert_close(models.extract_embeddings(model, loader, progress=False), expected)
+    assert not emb.requires_grad
+
+
+def test_extract_embeddings_rejects_shuffled_loader_and_bad_outputs():
+    dataset = TensorDataset(torch.randn(4, 3, 8, 8), torch.arange(4))
+    with pytest.raises(ValueError, match="shuffles"):
+        models.extract_embeddings(_TinyNet(), DataLoader(dataset, shuffle=True), progress=False)
+    with pytest.raises(ValueError, match="\\(batch, dim\\)"):
+        models.extract_embeddings(nn.Identity(), dataset, progress=False)
+    with pytest.raises(TypeError, match="Dataset"):
+        models.extract_embeddings(_TinyNet(), [1, 2, 3], progress=False)

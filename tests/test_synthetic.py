@@ -1,4 +1,4 @@
-"""Tests of the synthetic release renderer (helpers.synthetic)."""
+"""Tests of the synthetic release renderer (the helpers.synthetic package)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import config, synthetic
+from helpers import config, data, synthetic
+from helpers.synthetic import catalogue
+from helpers.synthetic import release as release_module
 
 TINY = config.get_profile("smoke", n_train_categories=6, n_val_categories=2, n_test_categories=2,
                           images_per_category=(4, 7), render_size=32, queries_per_category=1)
@@ -177,7 +179,7 @@ def test_existing_current_release_is_returned_without_rendering(release, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("rendered again")
 
-    monkeypatch.setattr(synthetic, "_render_into", fail)
+    monkeypatch.setattr(release_module, "_render_into", fail)
     assert synthetic.make_synthetic_release(release, TINY, seed=3, progress=False) == release
 
 
@@ -199,7 +201,7 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_jpeg", flaky)
+    monkeypatch.setattr(release_module, "render_jpeg", flaky)
     with pytest.raises(KeyboardInterrupt):
         synthetic.make_synthetic_release(tmp_path / "root", TINY, seed=0, progress=False, workers=1)
     assert list(tmp_path.iterdir()) == []
@@ -227,6 +229,27 @@ def test_bad_profile_is_rejected_with_the_field_name(tmp_path, overrides, messag
 def test_unknown_profile_name_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         synthetic.make_synthetic_release(tmp_path / "x", "huge", progress=False)
+
+
+def test_overridden_render_size_is_the_size_rendered(tmp_path):
+    profile = config.get_profile("smoke", render_size=24)
+    assert config.get_profile("smoke").render_size != 24
+    root = synthetic.make_synthetic_release(tmp_path / "small", profile, seed=0, progress=False, workers=1)
+    sizes = {Image.open(p).size for p in root.rglob("*.jpg")}
+    assert sizes and all(max(size) == 24 for size in sizes)
+    assert synthetic.read_metadata(root)["settings"]["render_size"] == 24
+
+
+def test_load_active_release_keeps_data_field_overrides(tmp_path, monkeypatch):
+    monkeypatch.delenv(config.DATA_ENV, raising=False)
+    monkeypatch.setattr(config, "DATA_DIR", tmp_path)
+    profile = config.get_profile("smoke", n_test_categories=3)
+    assert config.get_profile("smoke").n_test_categories != 3
+    loaded = data.load_active_release(profile, progress=False)
+    assert loaded.root.resolve().parent == (tmp_path / "synthetic").resolve()
+    assert loaded.test.n_groups == len(set(loaded.test.query_labels.tolist())) == 3
+    splits = Counter(c["split"] for c in synthetic.read_metadata(loaded.root)["categories"])
+    assert splits["test"] == 3
 
 
 # --- categories -------------------------------------------------------------------------------
@@ -273,7 +296,7 @@ def test_lookalike_pairs_on_a_hand_made_example():
 
 def test_image_counts_follow_a_long_tail():
     rng = np.random.default_rng(0)
-    counts = synthetic._image_counts(167, 12, 60, rng)
+    counts = catalogue._image_counts(167, 12, 60, rng)
     assert min(counts) == 12 and max(counts) == 60
     ordered = sorted(counts, reverse=True)
     # reference: the closed form evaluated rank by rank in a loop

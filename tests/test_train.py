@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import config, data, losses, metrics, models, synthetic, train
+from helpers import config, data, losses, metrics, models, runs, synthetic, train
 
 QUICK = dict(ret_epochs=1, pairs_per_category=4, ret_batch_size=16)
 TWO_EPOCHS = dict(QUICK, ret_epochs=2, ret_lr_step=1)
@@ -46,8 +46,8 @@ def split_mAP(model, split, profile):
     q = data.ImageDataset(split.queries, transform=transform, progress=False)
     d = data.ImageDataset(split.database, transform=transform, progress=False)
     embed = dict(progress=False, device="cpu")
-    return metrics.mean_average_precision(metrics.extract_embeddings(model, q, **embed),
-                                          metrics.extract_embeddings(model, d, **embed),
+    return metrics.mean_average_precision(models.extract_embeddings(model, q, **embed),
+                                          models.extract_embeddings(model, d, **embed),
                                           split.ground_truth)[0]
 
 
@@ -65,9 +65,9 @@ def test_class_weights_are_inverse_counts_with_mean_one():
 
 def test_run_key_is_canonical_and_sensitive():
     a = {"loss": "double", "lr": 0.01, "seed": 0}
-    assert train.run_key(a) == train.run_key(dict(reversed(list(a.items()))))
-    assert train.run_key(a) != train.run_key({**a, "seed": 1})
-    assert len(train.run_key(a)) == 12
+    assert runs.run_key(a) == runs.run_key(dict(reversed(list(a.items()))))
+    assert runs.run_key(a) != runs.run_key({**a, "seed": 1})
+    assert len(runs.run_key(a)) == 12
 
 
 def test_release_fingerprint_follows_paths_and_sizes(tmp_path):
@@ -75,14 +75,14 @@ def test_release_fingerprint_follows_paths_and_sizes(tmp_path):
     (tmp_path / "a" / "x.jpg").write_bytes(b"123")
     (tmp_path / ".DS_Store").write_bytes(b"junk")
     release = type("Release", (), {"root": tmp_path})()
-    first = train.release_fingerprint(release)
+    first = runs.release_fingerprint(release)
     (tmp_path / ".DS_Store").write_bytes(b"other junk")
-    assert train.release_fingerprint(release) == first          # hidden files are ignored
+    assert runs.release_fingerprint(release) == first          # hidden files are ignored
     (tmp_path / "a" / "x.jpg").write_bytes(b"1234")
-    second = train.release_fingerprint(release)
+    second = runs.release_fingerprint(release)
     assert second != first
     (tmp_path / "a" / "y.jpg").write_bytes(b"")
-    assert train.release_fingerprint(release) not in (first, second)
+    assert runs.release_fingerprint(release) not in (first, second)
 
 
 def test_tuple_dataset_returns_the_indexed_items():
@@ -117,7 +117,7 @@ def test_pair_step_uses_one_forward_pass_and_matches_a_loop():
     def per_pair(e1, e2, target):
         return losses.double_margin_contrastive_loss(e1, e2, target, 0.1, 1.2, reduction="none")
 
-    loss, stats = train._pair_step(net, (x1, x2, y), torch.device("cpu"), per_pair)
+    loss, stats = train.pair_step(net, (x1, x2, y), torch.device("cpu"), per_pair)
     assert net.calls == 1
     with torch.no_grad():
         e1, e2 = net(x1), net(x2)
@@ -134,7 +134,10 @@ def test_triplet_step_uses_one_forward_pass():
     torch.manual_seed(0)
     net = CountingNet()
     a, p, n = torch.randn(5, 4), torch.randn(5, 4), torch.randn(5, 4)
-    loss, stats = train._triplet_step(net, (a, p, n), torch.device("cpu"), margin=0.4)
+    def per_triplet(ea, ep, en):
+        return losses.triplet_loss(ea, ep, en, margin=0.4, reduction="none")
+
+    loss, stats = train.triplet_step(net, (a, p, n), torch.device("cpu"), per_triplet)
     assert net.calls == 1
     with torch.no_grad():
         ea, ep, en = net(a), net(p), net(n)
@@ -155,7 +158,7 @@ def test_bad_arguments_are_rejected(smoke_release):
 
 def test_load_run_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pt"):
-        train.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 # --------------------------------------------------------------------------- training runs
@@ -182,7 +185,7 @@ def test_history_columns_schedule_and_determinism(smoke_release):
 def test_load_or_train_returns_the_cached_run(smoke_release, cache_root):
     first = retrieval(smoke_release, cache=True, **QUICK)
     assert not first.from_cache
-    assert sorted(p.name for p in first.path.iterdir()) == sorted(train.RUN_FILES)
+    assert sorted(p.name for p in first.path.iterdir()) == sorted(runs.RUN_FILES)
     assert first.path.parent == cache_root / "runs" and first.path.name == f"retrieval-double-{first.key}"
     second = retrieval(smoke_release, cache=True, **QUICK)
     assert second.from_cache and second.key == first.key and second.config == first.config
@@ -191,11 +194,30 @@ def test_load_or_train_returns_the_cached_run(smoke_release, cache_root):
     assert second.wall_time == first.wall_time
     images = data.ImageDataset(smoke_release.test.queries, transform=data.eval_transform("smoke"), progress=False)
     embed = dict(progress=False, device="cpu")
-    assert torch.equal(metrics.extract_embeddings(first.model, images, **embed),
-                       metrics.extract_embeddings(second.model, images, **embed))
+    assert torch.equal(models.extract_embeddings(first.model, images, **embed),
+                       models.extract_embeddings(second.model, images, **embed))
     changed = retrieval(smoke_release, cache=True, pos_margin=0.5, **QUICK)
     assert not changed.from_cache and changed.key != first.key
     assert changed.config["pos_margin"] == 0.5 and first.config["pos_margin"] == 0.8
+
+
+def test_a_change_of_the_training_code_retrains(smoke_release, cache_root, monkeypatch):
+    first = retrieval(smoke_release, cache=True, **QUICK)
+    assert first.config["code"] == runs.code_version() and len(runs.code_version()) == 12
+    assert first.config["profile"]["pairs_per_category"] == QUICK["pairs_per_category"]  # the whole profile
+    monkeypatch.setattr(runs, "code_version", lambda: "edited-code")
+    second = retrieval(smoke_release, cache=True, **QUICK)
+    assert not second.from_cache and second.key != first.key
+
+
+def test_code_version_follows_the_training_sources(monkeypatch, tmp_path):
+    version = runs.code_version()
+    runs.code_version.cache_clear()
+    assert runs.code_version() == version                      # deterministic
+    monkeypatch.setattr(runs, "TRAINING_MODULES", runs.TRAINING_MODULES[:-1])
+    runs.code_version.cache_clear()
+    assert runs.code_version() != version                      # train.py no longer hashed
+    runs.code_version.cache_clear()
 
 
 def test_cache_false_writes_nothing(smoke_release, cache_root):
@@ -214,11 +236,11 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(smoke_release, c
     with pytest.raises(KeyboardInterrupt):
         retrieval(smoke_release, cache=True, on_epoch_end=stop_after_first_epoch, **settings)
     folder = cache_root / "runs" / f"retrieval-double-{reference.key}"
-    assert (folder / train.CHECKPOINT_FILE).is_file() and not (folder / "model.pt").exists()
+    assert (folder / runs.CHECKPOINT_FILE).is_file() and not (folder / "model.pt").exists()
     seen = []
     resumed = retrieval(smoke_release, cache=True, on_epoch_end=seen.append, **settings)
     assert [row["epoch"] for row in seen] == [2]     # epoch 1 was not trained again
-    assert not resumed.from_cache and not (folder / train.CHECKPOINT_FILE).exists()
+    assert not resumed.from_cache and not (folder / runs.CHECKPOINT_FILE).exists()
     pd.testing.assert_frame_equal(resumed.history, reference.history)
     pd.testing.assert_series_equal(resumed.epochs["val_mAP"], reference.epochs["val_mAP"])
     for a, b in zip(resumed.model.state_dict().values(), reference.model.state_dict().values()):
