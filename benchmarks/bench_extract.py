@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import config, metrics, models  # noqa: E402
+from helpers import config, models  # noqa: E402
 
 
 @torch.no_grad()

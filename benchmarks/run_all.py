@@ -26,6 +26,7 @@ SMOKE_ARGS = {
     "bench_synthetic.py": [],
     "bench_search.py": [],
     "bench_lite0.py": [],
+    "calibrate_resolution.py": ["--sizes", "64", "--epochs", "1"],
     "bench_notebooks.py": ["--profiles", "smoke"],
     "results_table.py": ["--seeds", "0", "--profile", "smoke"],
 }

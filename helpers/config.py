@@ -50,6 +50,8 @@ class Profile:
     # --- model
     backbone: str
     weights: str | None                    # None (random init) or "imagenet"
+    cut: int | None                        # first trainable block; the trunk below is frozen and cached (None: nothing frozen)
+    feature_views: int                     # augmented views cached per training image when cut is set
     pooling: str
     embedding_dim: int | None              # optional projection; None keeps the backbone width
     # --- optimiser: "sgd" (the paper's, with momentum) or "adam" (CPU profiles, from scratch)
@@ -87,7 +89,7 @@ PROFILES: dict[str, Profile] = {
         n_train_categories=127, n_val_categories=20, n_test_categories=20,
         images_per_category=(20, 250), render_size=384, queries_per_category=5,
         train_size_range=(256, 384), eval_size=384,
-        backbone="vgg16", weights="imagenet", pooling="mac", embedding_dim=None,
+        backbone="vgg16", weights="imagenet", cut=None, feature_views=0, pooling="mac", embedding_dim=None,
         optimizer="sgd", lr=1e-3, finetune_lr=1e-3, momentum=0.9, weight_decay=5e-4,
         cls_epochs=50, cls_lr_step=30, cls_batch_size=32,
         ret_epochs=30, ret_lr_step=10, ret_batch_size=16,
@@ -98,23 +100,23 @@ PROFILES: dict[str, Profile] = {
     "tutorial": Profile(
         name="tutorial",
         n_train_categories=127, n_val_categories=20, n_test_categories=20,
-        images_per_category=(12, 60), render_size=48, queries_per_category=5,
-        train_size_range=(40, 48), eval_size=48,
-        backbone="small", weights=None, pooling="mac", embedding_dim=None,
+        images_per_category=(12, 60), render_size=128, queries_per_category=5,
+        train_size_range=(112, 128), eval_size=128,
+        backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac", embedding_dim=None,
         optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
         cls_epochs=15, cls_lr_step=11, cls_batch_size=64,
-        ret_epochs=4, ret_lr_step=3, ret_batch_size=64,
-        pairs_per_category=36, regenerate_every=2,
+        ret_epochs=3, ret_lr_step=2, ret_batch_size=64,
+        pairs_per_category=16, regenerate_every=1,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
         num_workers=0, eval_batch_size=256,
     ),
     "smoke": Profile(
         name="smoke",
         n_train_categories=12, n_val_categories=4, n_test_categories=4,
-        images_per_category=(6, 14), render_size=40, queries_per_category=2,
-        train_size_range=(32, 40), eval_size=40,
-        backbone="small", weights=None, pooling="mac", embedding_dim=None,
-        optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
+        images_per_category=(6, 14), render_size=64, queries_per_category=2,
+        train_size_range=(56, 64), eval_size=64,
+        backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac",
+        embedding_dim=None, optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
         cls_epochs=2, cls_lr_step=1, cls_batch_size=32,
         ret_epochs=2, ret_lr_step=1, ret_batch_size=32,
         pairs_per_category=16, regenerate_every=1,

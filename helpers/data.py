@@ -47,6 +47,15 @@ from .synthetic import make_synthetic_release  # also offered here as data.make_
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""torchvision's ImageNet statistics, which its pretrained networks (and the ``small`` CNN) expect."""
+LITE0_MEAN = (127 / 255,) * 3
+LITE0_STD = (128 / 255,) * 3
+"""EfficientNet-Lite0's input scaling, ``(x * 255 - 127) / 128`` (see :mod:`helpers.imagenet`)."""
+
+
+def normalization(profile: config.Profile) -> tuple[tuple, tuple]:
+    """``(mean, std)`` that the profile's backbone expects its [0, 1] RGB inputs normalised with."""
+    return (LITE0_MEAN, LITE0_STD) if profile.backbone == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
 
 _IGNORED_FOLDERS = {"__MACOSX"}
 _SHOW = 5  # how many offending names an error or warning lists
@@ -660,7 +669,7 @@ def train_transform(profile=None) -> CanvasCompose:
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomHorizontalFlip(),
         ContrastSaturationJitter(0.5),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(*normalization(profile)),
         v2.RandomRotation(5, interpolation=v2.InterpolationMode.BILINEAR, fill=None),
         PadToCanvas(high),
     ], canvas_size=high)
@@ -673,22 +682,24 @@ def eval_transform(profile=None) -> CanvasCompose:
     side is ``eval_size``, normalises with the ImageNet statistics and
     zero-pads (centred) to ``eval_size`` x ``eval_size``. Deterministic.
     """
-    size = config.get_profile(profile).eval_size
+    profile = config.get_profile(profile)
+    size = profile.eval_size
     return CanvasCompose([
         v2.Resize(size=None, max_size=size, antialias=True),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(*normalization(profile)),
         PadToCanvas(size),
     ], canvas_size=size)
 
 
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Undo the ImageNet normalisation: float images (CHW or NCHW) back to [0, 1] for display.
+def denormalize(images: torch.Tensor, profile=None) -> torch.Tensor:
+    """Undo the profile's normalisation: float images (CHW or NCHW) back to [0, 1] for display.
 
     Padding comes back as the mean colour (grey).
     """
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    mean, std = normalization(config.get_profile(profile))
+    mean = torch.tensor(mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std = torch.tensor(std, dtype=images.dtype, device=images.device).view(3, 1, 1)
     return (images * std + mean).clamp(0.0, 1.0)
 
 

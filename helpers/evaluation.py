@@ -1,22 +1,33 @@
-"""From a trained model to a results table: embed a split, score it, compare methods.
+"""From a trained model to a results table: embed a split, score it, compare methods, check controls.
 
-:func:`embed_split` embeds a retrieval split's queries and database with the
-profile's evaluation transform; :func:`results_table` turns several models'
-embeddings into one DataFrame of the paper's metrics, with a column of the
-relative change of mAP against a baseline row.
+:func:`embed_split` embeds a retrieval split's queries and database as the
+profile's network sees them (images, or cached frozen-trunk maps);
+:func:`results_table` turns several models' embeddings into one DataFrame of
+the paper's metrics, with a column of the relative change of mAP against a
+baseline row. Two controls say what a score
+means: :func:`random_ranking_map` (chance) and :func:`background_only_split`
+(the same images without their firearms).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 from torch import Tensor, nn
 
-from . import config, data, metrics, models
+from . import config, features, metrics, models, synthetic
 
 
 def embed_split(model: nn.Module, split, profile=None, progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Embeddings of a retrieval split's queries and database: ``(query_emb, db_emb)``."""
+    """Embeddings of a retrieval split's queries and database: ``(query_emb, db_emb)``.
+
+    With a cut in the profile, ``model`` is the trainable top and sees the
+    cached frozen-trunk maps of the images (see :mod:`helpers.features`).
+    """
     profile = config.get_profile(profile)
-    return tuple(models.extract_embeddings(model, data.eval_dataset(paths, labels, profile, progress),
+    return tuple(models.extract_embeddings(model, features.eval_inputs(paths, labels, profile, progress),
                                            batch_size=profile.eval_batch_size, progress=progress)
                  for paths, labels in ((split.queries, split.query_labels),
                                        (split.database, split.database_labels)))
@@ -54,3 +65,26 @@ def results_table(embeddings: dict, ground_truth, baseline: str | None = None,
         table.insert(2, f"rel. to {baseline}",
                      relative_change(table["mAP (trapezoid)"], table.loc[baseline, "mAP (trapezoid)"]))
     return table
+
+
+def random_ranking_map(split, seed: int = config.DEFAULT_SEED, repeats: int = 20) -> float:
+    """Trapezoid mAP of random rankings on ``split``, averaged over ``repeats``: its chance level."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([metrics.mean_average_precision(rng.standard_normal((len(split.queries), 8)),
+                                                         rng.standard_normal((len(split.database), 8)),
+                                                         split.ground_truth)[0] for _ in range(repeats)]))
+
+
+def background_only_split(release, split, folder, profile=None, seed: int = config.DEFAULT_SEED,
+                          progress: bool = True):
+    """``split`` of a synthetic release re-rendered into ``folder`` with every firearm left out.
+
+    The same file names, backgrounds, clutter, occluders and lighting, and the
+    same ground truth: a model that scores above chance on it retrieves by
+    the background. See :func:`helpers.synthetic.render_background_only`.
+    """
+    profile = config.get_profile(profile)
+    folder = Path(folder)
+    synthetic.render_background_only(release.root, split.name, folder, profile, seed=seed, progress=progress)
+    moved = [folder / Path(path).relative_to(release.root) for path in split.queries + split.database]
+    return replace(split, queries=moved[:len(split.queries)], database=moved[len(split.queries):])

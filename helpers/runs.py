@@ -37,7 +37,7 @@ from . import config, models
 
 RUN_FILES = ("config.json", "history.csv", "epochs.csv", "model.pt")
 CHECKPOINT_FILE = "checkpoint.pt"
-TRAINING_MODULES = ("data", "losses", "methods", "models", "runs", "train")
+TRAINING_MODULES = ("data", "features", "imagenet", "losses", "methods", "models", "runs", "train")
 """The modules of ``helpers`` whose source is hashed into :func:`code_version`."""
 
 

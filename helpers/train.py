@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import config, data, losses, methods, metrics, models, runs
+from . import config, data, features, losses, methods, metrics, models, runs
 
 INITS = ("random", "imagenet")
 """Starting points of a retrieval run besides a stage-1 classifier."""
@@ -330,23 +330,22 @@ def train_classifier(release, profile=None, *, seed: int = config.DEFAULT_SEED, 
     device = _device(device)
     n_classes = len(release.classification_train.classes)
     if profile.weights:
-        models.imagenet_weights_location(profile.backbone)  # fails early for "small"
+        models.check_imagenet_weights(profile.backbone)  # fails early for "small"
     run_config = runs.run_config("classifier", release, profile, seed, n_classes=n_classes, dropout=0.0,
                                  class_weighting="inverse_count_mean_1")
 
     def make_task() -> Task:
-        train_set = data.decoded_dataset(release.classification_train.paths, release.classification_train.labels,
-                                         data.train_transform(profile), progress)
+        inputs = features.training_inputs(release.classification_train, profile, seed, progress)
         val = release.classification_val
-        val_set = data.eval_dataset(val.paths, val.labels, profile, progress)
-        weights = class_weights(train_set.labels, n_classes).to(device)
+        val_set = features.eval_inputs(val.paths, val.labels, profile, progress)
+        weights = class_weights(inputs.labels, n_classes).to(device)
 
         def validate(model: nn.Module) -> float:
             logits = _embed(model, val_set, profile, device)
             return float((logits.argmax(dim=1).numpy() == val_set.labels).mean())
 
-        return Task(make_loader=lambda epoch: epoch_loader(train_set, profile.cls_batch_size, seed, epoch,
-                                                           profile, device),
+        return Task(make_loader=lambda epoch: epoch_loader(inputs.for_epoch(epoch), profile.cls_batch_size, seed,
+                                                           epoch, profile, device),
                     step=lambda model, batch: classifier_step(model, batch, device, weights),
                     validate=validate, val_column="val_accuracy", loss_name="cross-entropy",
                     columns=CLASSIFIER_COLUMNS)
@@ -365,7 +364,7 @@ def _resolve_init(init, profile: config.Profile) -> tuple[dict, Callable[[], nn.
     if isinstance(init, str) and init in INITS:
         weights = "imagenet" if init == "imagenet" else None
         if weights:
-            models.imagenet_weights_location(profile.backbone)  # fails early for "small"
+            models.check_imagenet_weights(profile.backbone)  # fails early for "small"
         return {"init": init, "init_key": None}, lambda: models.build_embedding_net(profile, weights=weights)
     if isinstance(init, (str, Path)):
         init = runs.load_run(init)
@@ -431,16 +430,15 @@ def train_retrieval(release, loss="double", init=None, profile=None, *,
     run_config = runs.run_config("retrieval", release, profile, seed, loss=method.name, **margins, **init_entries)
 
     def make_task() -> Task:
-        train_set = data.decoded_dataset(release.retrieval_train.paths, release.retrieval_train.labels,
-                                         data.train_transform(profile), progress)
+        inputs = features.training_inputs(release.retrieval_train, profile, seed, progress)
         split = release.validation
-        queries = data.eval_dataset(split.queries, split.query_labels, profile, progress)
-        database = data.eval_dataset(split.database, split.database_labels, profile, progress)
-        tuples = training_tuples(method, train_set.labels, profile, seed)
+        queries = features.eval_inputs(split.queries, split.query_labels, profile, progress)
+        database = features.eval_inputs(split.database, split.database_labels, profile, progress)
+        tuples = training_tuples(method, inputs.labels, profile, seed)
 
         def make_loader(epoch: int) -> DataLoader:
             indices, targets = tuples(epoch)
-            return epoch_loader(TupleDataset(train_set, indices, targets), profile.ret_batch_size,
+            return epoch_loader(TupleDataset(inputs.for_epoch(epoch), indices, targets), profile.ret_batch_size,
                                 seed, epoch, profile, device)
 
         def validate(model: nn.Module) -> float:

@@ -358,7 +358,7 @@ def test_image_dataset_drops_a_truncated_jpeg(tmp_path):
 
 def test_image_dataset_serves_transformed_images_from_memory(release):
     rel = D.load_firearm_release(release.root)
-    transform = D.eval_transform("smoke")
+    transform = D.eval_transform(SMALL_40)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every fixture image decodes
         dataset = D.ImageDataset(rel.retrieval_train, transform=transform, progress=False)
@@ -381,11 +381,14 @@ def test_image_dataset_serves_transformed_images_from_memory(release):
 
 MEAN = torch.tensor(D.IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(D.IMAGENET_STD).view(3, 1, 1)
+SMALL_40 = config.get_profile("smoke", backbone="small", weights=None, cut=None, render_size=40,
+                              train_size_range=(32, 40), eval_size=40)
+"""A 40 px profile of the from-scratch CNN, which uses torchvision's ImageNet statistics."""
 
 
 def test_eval_transform_resizes_normalises_and_zero_pads():
     image = torch.full((3, 20, 40), 255, dtype=torch.uint8)  # wide, white
-    transform = D.eval_transform(config.get_profile("tutorial", eval_size=64))
+    transform = D.eval_transform(config.get_profile(SMALL_40, eval_size=64))
     out = transform(image)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     assert torch.equal(out, transform(image))
@@ -395,7 +398,7 @@ def test_eval_transform_resizes_normalises_and_zero_pads():
 
 
 def test_eval_transform_upsizes_small_images():
-    out = D.eval_transform("smoke")(torch.zeros((3, 10, 5), dtype=torch.uint8))
+    out = D.eval_transform(SMALL_40)(torch.zeros((3, 10, 5), dtype=torch.uint8))
     # 5 x 10 becomes 20 x 40: columns 10..29 hold the (black) image
     assert torch.allclose(out[:, :, 10:30], (-MEAN / STD).expand(3, 40, 20), atol=1e-5)
     assert out[:, :, :10].abs().max() == 0 and out[:, :, 30:].abs().max() == 0
@@ -445,8 +448,18 @@ def test_contrast_saturation_jitter_against_hand_computed_values():
 
 def test_denormalize_inverts_the_normalisation():
     image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
-    out = D.eval_transform("smoke")(image)
-    assert torch.allclose(D.denormalize(out), image.float() / 255, atol=1e-5)
+    for profile in (SMALL_40, config.get_profile("smoke", eval_size=40)):
+        out = D.eval_transform(profile)(image)
+        assert torch.allclose(D.denormalize(out, profile), image.float() / 255, atol=1e-5)
+
+
+def test_lite0_inputs_are_scaled_as_its_weights_expect():
+    # EfficientNet-Lite0's ImageNet weights expect (x * 255 - 127) / 128
+    profile = config.get_profile("smoke")
+    assert profile.backbone == "efficientnet_lite0"
+    image = torch.tensor([0, 127, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 8, 8)
+    out = D.eval_transform(config.get_profile(profile, eval_size=8))(image.contiguous())
+    np.testing.assert_allclose(out[:, 4, 4].numpy(), [-127 / 128, 0.0, 1.0], atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -151,3 +151,16 @@ def test_bad_cut_is_rejected(classifier, cut):
         imagenet.lite0_split(model, cut)
     with pytest.raises(ValueError, match="cut must be"):
         imagenet.lite0_cut_shape(cut, 128)
+
+
+def test_top_classes_table_matches_the_classifier(classifier, photos, tmp_path):
+    paths = []
+    for name, image in photos.items():
+        paths.append(tmp_path / f"{name}.png")
+        image.save(paths[-1])
+    table = imagenet.top_classes(paths, k=5, progress=False)
+    assert list(table.columns) == ["path", "top1", "top2", "top3", "top4", "top5", "p1", "firearm in top-5"]
+    for row, (name, image) in zip(table.itertuples(), photos.items()):
+        assert [row.top1, row.top2, row.top3, row.top4, row.top5] == top5(classifier, image)
+    assert not table["firearm in top-5"].any()      # a temple and a flower
+    assert set(imagenet.FIREARM_CLASSES) <= set(imagenet.imagenet_categories())

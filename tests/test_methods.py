@@ -55,10 +55,10 @@ def test_unknown_method_is_named():
 
 def test_one_profile_resolver_keeps_overrides():
     base = config.get_profile("smoke")
-    changed = config.get_profile(base, render_size=64)
-    assert changed.render_size == 64 and changed.name == "smoke"
+    changed = config.get_profile(base, render_size=72)
+    assert changed.render_size == 72 and changed.name == "smoke"
     assert config.get_profile(changed) is changed                       # a Profile passes through
-    assert config.get_profile(changed, ret_epochs=5).render_size == 64  # earlier overrides are kept
+    assert config.get_profile(changed, ret_epochs=5).render_size == 72  # earlier overrides are kept
     with pytest.raises(TypeError, match="unknown profile field"):
         config.get_profile("smoke", render_sise=64)
     with pytest.raises(ValueError, match="unknown profile 'huge'"):

@@ -9,7 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import config, models
+from helpers import config, imagenet, models
+
+SMALL = config.get_profile("smoke", backbone="small", weights=None, cut=None, render_size=40,
+                           train_size_range=(32, 40), eval_size=40)
+"""The from-scratch CNN at 40 px."""
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ def test_l2norm_gives_unit_rows_in_the_same_direction():
 @pytest.mark.parametrize("embedding_dim", [None, 32])
 def test_embedding_net_shapes_and_unit_norm(pooling, embedding_dim):
     torch.manual_seed(0)
-    net = models.build_embedding_net("smoke", pooling=pooling, embedding_dim=embedding_dim)
+    net = models.build_embedding_net(SMALL, pooling=pooling, embedding_dim=embedding_dim)
     out = net(torch.rand(5, 3, 40, 40))
     expected_dim = embedding_dim or 256
     assert net.dim == expected_dim
@@ -96,7 +100,7 @@ def test_embedding_net_shapes_and_unit_norm(pooling, embedding_dim):
 
 def test_embedding_net_is_pooling_of_trunk_then_normalised():
     torch.manual_seed(0)
-    net = models.build_embedding_net("smoke").eval()
+    net = models.build_embedding_net(SMALL).eval()
     x = torch.rand(3, 3, 40, 40)
     with torch.no_grad():
         feats = net.trunk(x)
@@ -122,7 +126,7 @@ def test_count_parameters_matches_a_manual_sum():
 
 def test_classifier_logits_and_from_classifier_copies_weights():
     torch.manual_seed(0)
-    clf = models.build_classifier(7, "smoke", dropout=0.2)
+    clf = models.build_classifier(7, SMALL, dropout=0.2)
     assert clf(torch.rand(4, 3, 40, 40)).shape == (4, 7)
     with torch.no_grad():  # make the pooling state distinctive too
         clf.trunk[0].weight.add_(1.0)
@@ -142,7 +146,7 @@ def test_classifier_logits_and_from_classifier_copies_weights():
 
 
 def test_from_classifier_with_projection_and_gem():
-    clf = models.build_classifier(3, "smoke", pooling="gem")
+    clf = models.build_classifier(3, SMALL, pooling="gem")
     with torch.no_grad():
         clf.pooling.p.fill_(4.5)
     emb = models.EmbeddingNet.from_classifier(clf, embedding_dim=16)
@@ -216,7 +220,7 @@ def test_small_backbone_has_no_imagenet_weights():
     with pytest.raises(ValueError, match="no ImageNet weights"):
         models.build_backbone("small", weights="imagenet")
     with pytest.raises(ValueError, match="no ImageNet weights"):
-        models.build_embedding_net(config.get_profile("smoke", weights="imagenet"))
+        models.build_embedding_net(config.get_profile(SMALL, weights="imagenet"))
 
 
 # --------------------------------------------------------------------------- extraction
@@ -259,3 +263,26 @@ def test_extract_embeddings_rejects_shuffled_loader_and_bad_outputs():
         models.extract_embeddings(nn.Identity(), dataset, progress=False)
     with pytest.raises(TypeError, match="Dataset"):
         models.extract_embeddings(_TinyNet(), [1, 2, 3], progress=False)
+
+
+def test_lite0_top_rebuilds_from_its_spec_and_embeds_cached_maps():
+    profile = config.get_profile("smoke")
+    assert profile.backbone == "efficientnet_lite0" and profile.cut == 15
+    net = models.build_embedding_net(profile).eval()
+    maps = torch.randn(4, *imagenet.lite0_cut_shape(profile.cut, profile.eval_size))
+    with torch.no_grad():
+        emb = net(maps)
+    assert emb.shape == (4, imagenet.LITE0_FEATURE_CHANNELS)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+    spec = models.model_spec(net)
+    assert spec == {"type": "embedding", "backbone": "efficientnet_lite0", "cut": 15, "pooling": "mac",
+                    "embedding_dim": None}
+    rebuilt = models.model_from_spec(spec).eval()
+    rebuilt.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(maps), emb)
+    # only the top is trainable: block 15 and the head convolution, no frozen part inside
+    assert models.count_parameters(net) < models.count_parameters(models.build_embedding_net(profile, cut=None))
+    with pytest.raises(ValueError, match="only supported for efficientnet_lite0"):
+        models.build_backbone("resnet18", cut=3)
+

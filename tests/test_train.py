@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import config, data, losses, metrics, models, runs, synthetic, train
+from helpers import config, data, features, losses, metrics, models, runs, synthetic, train
 
 QUICK = dict(ret_epochs=1, pairs_per_category=4, ret_batch_size=16)
+SMALL_CNN = dict(backbone="small", weights=None, cut=None, render_size=40, train_size_range=(32, 40), eval_size=40)
+"""The from-scratch CNN at 40 px, for which the learning tests below were calibrated."""
 TWO_EPOCHS = dict(QUICK, ret_epochs=2, ret_lr_step=1)
 
 
@@ -23,7 +25,7 @@ def smoke_release(tmp_path_factory):
 
 def clean_release(root, **sizes):
     """A smoke-sized release without nuisance variation, learnable in a few dozen iterations."""
-    profile = config.get_profile("smoke", **sizes)
+    profile = config.get_profile("smoke", **SMALL_CNN, **sizes)
     root = data.make_synthetic_release(root, profile, seed=0, progress=False, difficulty=synthetic.CLEAN)
     return data.load_firearm_release(root)
 
@@ -169,7 +171,7 @@ def test_history_columns_schedule_and_determinism(smoke_release):
     history = first.history
     assert list(history.columns) == ["epoch", "iteration", "lr", "loss", *train.PAIR_COLUMNS]
     assert history["iteration"].tolist() == list(range(1, len(history) + 1))
-    lr = config.get_profile("smoke").lr
+    lr = config.get_profile("smoke").finetune_lr   # the smoke profile starts from ImageNet: it fine-tunes
     assert set(history.loc[history.epoch == 1, "lr"]) == {lr}
     assert history.loc[history.epoch == 2, "lr"].iloc[0] == pytest.approx(lr * 0.1)
     np.testing.assert_allclose(history.pos_loss + history.neg_loss, history.loss, rtol=1e-5)
@@ -192,7 +194,8 @@ def test_load_or_train_returns_the_cached_run(smoke_release, cache_root):
     pd.testing.assert_frame_equal(first.history, second.history)
     pd.testing.assert_frame_equal(first.epochs, second.epochs)
     assert second.wall_time == first.wall_time
-    images = data.ImageDataset(smoke_release.test.queries, transform=data.eval_transform("smoke"), progress=False)
+    images = features.eval_inputs(smoke_release.test.queries, smoke_release.test.query_labels,
+                                  config.get_profile("smoke"), progress=False)
     embed = dict(progress=False, device="cpu")
     assert torch.equal(models.extract_embeddings(first.model, images, **embed),
                        models.extract_embeddings(second.model, images, **embed))
@@ -253,7 +256,7 @@ def test_nan_loss_raises_floating_point_error(smoke_release, monkeypatch):
 
     monkeypatch.setattr(losses, "double_margin_contrastive_loss", broken)
     with pytest.raises(FloatingPointError, match=r"double margin contrastive loss is nan at epoch 1, "
-                                                 r"iteration 1 \(lr=0\.001\)"):
+                                                 r"iteration 1 \(lr=0\.0001\)"):
         retrieval(smoke_release, **QUICK)
 
 
@@ -276,7 +279,8 @@ def test_retrieval_training_lowers_the_loss_and_beats_the_untrained_network(tmp_
     # From scratch, the full-nuisance smoke data needs more iterations than a unit test can
     # afford, so this test learns the clean templates of the same 12 + 4 + 4 categories.
     release = clean_release(tmp_path / "clean")
-    profile = config.get_profile("smoke", optimizer="sgd", lr=0.1, pairs_per_category=32, ret_epochs=8, ret_lr_step=100)
+    profile = config.get_profile("smoke", optimizer="sgd", lr=0.1, pairs_per_category=32, ret_epochs=8, ret_lr_step=100,
+                                 **SMALL_CNN)
     run = train.train_retrieval(release, "single", profile=profile, cache=False, progress=False, device="cpu")
     by_epoch = run.history.groupby("epoch")["loss"].mean()
     assert by_epoch.iloc[-1] < by_epoch.iloc[0]
@@ -291,7 +295,7 @@ def test_classifier_beats_chance_and_initialises_stage_two(tmp_path, cache_root)
     release = clean_release(tmp_path / "four", n_train_categories=4, n_val_categories=2,
                             n_test_categories=2, images_per_category=(20, 24))
     clf = train.train_classifier(release, "smoke", progress=False, device="cpu",
-                                 cls_epochs=6, cls_lr_step=5, cls_batch_size=16, optimizer="sgd", lr=0.01)
+                                 cls_epochs=6, cls_lr_step=5, cls_batch_size=16, optimizer="sgd", lr=0.01, **SMALL_CNN)
     n_classes = len(release.categories)
     assert n_classes == 4
     assert list(clf.history.columns) == ["epoch", "iteration", "lr", "loss", "accuracy"]
@@ -299,19 +303,20 @@ def test_classifier_beats_chance_and_initialises_stage_two(tmp_path, cache_root)
     assert clf.config["n_classes"] == n_classes and clf.kind == "classifier"
 
     stage2 = train.train_retrieval(release, "double", init=clf, profile="smoke", progress=False,
-                                   device="cpu", cache=False, ret_epochs=0)
+                                   device="cpu", cache=False, ret_epochs=0, **SMALL_CNN)
     assert stage2.config["init"] == "classifier" and stage2.config["init_key"] == clf.key
     for name, value in clf.model.trunk.state_dict().items():
         assert torch.equal(stage2.model.trunk.state_dict()[name], value), name
     by_path = train.train_retrieval(release, "double", init=clf.path, profile="smoke", progress=False,
-                                    device="cpu", cache=False, ret_epochs=0)
+                                    device="cpu", cache=False, ret_epochs=0, **SMALL_CNN)
     assert by_path.key == stage2.key
     with pytest.raises(ValueError, match="classifier run"):
-        train.train_retrieval(release, "double", init=stage2, profile="smoke", cache=False, ret_epochs=0)
+        train.train_retrieval(release, "double", init=stage2, profile="smoke", cache=False, ret_epochs=0, **SMALL_CNN)
 
 
 def test_imagenet_init_of_the_small_backbone_fails_before_any_work(smoke_release):
     with pytest.raises(ValueError, match="no ImageNet weights for backbone 'small'"):
-        retrieval(smoke_release, init="imagenet")
+        retrieval(smoke_release, init="imagenet", backbone="small", cut=None)
     with pytest.raises(ValueError, match="no ImageNet weights for backbone 'small'"):
-        train.train_classifier(smoke_release, "smoke", weights="imagenet", cache=False, progress=False)
+        train.train_classifier(smoke_release, "smoke", weights="imagenet", backbone="small", cut=None, cache=False,
+                               progress=False)
