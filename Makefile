@@ -32,6 +32,7 @@ data: setup
 run: data
 	FIREARM_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=3600 $(NOTEBOOKS)
+	$(PY) -m helpers.notebook $(NOTEBOOKS)
 	$(VENV)/bin/nbstripout --keep-output --keep-count $(NOTEBOOKS)
 
 unit: setup

@@ -38,11 +38,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
-from tqdm.auto import tqdm
 
 from . import config
 from .layout import (DATABASE_DIR, DATASET_DIR, IMAGE_EXTENSIONS, QUERY_INFO_DIR, RETRIEVAL_TRAIN_DIR,
                      TRAIN_VAL_DIR, split_locations)
+from .progress import bar as tqdm
 from .synthetic import make_synthetic_release  # also offered here as data.make_synthetic_release
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import config, data, models, runs
+from .progress import bar as tqdm
 
 FEATURE_CODE = ("data", "features", "imagenet", "models")
 """Modules whose source is hashed into every feature store's key."""

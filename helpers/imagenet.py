@@ -250,7 +250,7 @@ def top_classes(paths, k: int = 5, name: str = "efficientnet_lite0", batch_size:
     """
     import pandas as pd
     from PIL import Image
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     model, preprocess = imagenet_classifier(name)
     names = imagenet_categories()

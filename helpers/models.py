@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
 
 from . import config, imagenet
+from .progress import bar as tqdm
 
 BACKBONES = ("vgg16", "resnet18", "resnet50", "efficientnet_lite0", "small")
 POOLINGS = ("mac", "spoc", "gem")

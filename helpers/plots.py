@@ -215,7 +215,7 @@ def embedding_scatter(coords: np.ndarray, labels: Sequence, ax=None, title: str 
 
 
 def retrieval_gallery(query_images: Sequence, ranked_images: Sequence[Sequence], relevant: np.ndarray,
-                      query_titles: Sequence[str] | None = None, k: int = 8, size: float = 1.4,
+                      query_titles: Sequence[str] | None = None, k: int = 8, size: float = 1.1,
                       title: str = "Retrieval results"):
     """One row per query: the query, then its top-k results framed green (hit) or red (miss).
 

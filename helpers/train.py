@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from . import config, data, features, losses, methods, metrics, models, runs
+from .progress import bar as tqdm
 
 INITS = ("random", "imagenet")
 """Starting points of a retrieval run besides a stage-1 classifier."""
@@ -249,8 +249,8 @@ def fit(model: nn.Module, optimizer, scheduler, task: Task, epochs: int, state: 
     bar.set_postfix({task.val_column: f"{state.epochs[-1][task.val_column]:.4f}"})
     for epoch in bar:
         began = time.perf_counter()
-        rows = train_epoch(model, task.make_loader(epoch), optimizer, task.step, epoch=epoch,
-                           first_iteration=len(state.history) + 1, loss_name=task.loss_name, progress=progress)
+        rows = train_epoch(model, task.make_loader(epoch), optimizer, task.step, epoch=epoch,  # one bar: this one
+                           first_iteration=len(state.history) + 1, loss_name=task.loss_name, progress=False)
         scheduler.step()
         score = task.validate(model)
         state.wall_time += time.perf_counter() - began

@@ -101,3 +101,15 @@ def build_release(root: Path) -> ReleaseFixture:
 def release(tmp_path) -> ReleaseFixture:
     """A freshly written tiny release (each test may break its own copy)."""
     return build_release(tmp_path / "release")
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """Tiny FAISS indexes: OpenMP threads only add overhead, and spin badly on a loaded machine."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+

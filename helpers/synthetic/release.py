@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .. import config
 from ..layout import DATASET_DIR, RETRIEVAL_SPLITS, RETRIEVAL_TRAIN_DIR, TRAIN_VAL_DIR, split_locations
+from ..progress import bar as tqdm
 from .catalogue import COUNT_TAIL, DIFFICULTY, FAMILIES, Category, Difficulty, _check_profile, make_categories
 from .metadata import METADATA_FILE, read_metadata
 from .rendering import render_jpeg

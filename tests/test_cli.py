@@ -1,0 +1,233 @@
+"""The command line (helpers.cli): help, bad arguments, and smoke-profile runs that share the notebooks' cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import cli, config, data, evaluation, metrics, runs, search, train
+
+# Short runs: one retrieval epoch over 4 pairs per category, one classification epoch.
+QUICK = {"pairs_per_category": 4, "ret_batch_size": 16, "cls_epochs": 1, "cls_lr_step": 1}
+COMMON = ["--profile", "smoke", "--seed", "0", "--device", "cpu", "--no-progress",
+          *[arg for field, value in QUICK.items() for arg in ("--set", f"{field}={value}")]]
+DOUBLE = ["--loss", "double", "--init", "random", "--epochs", "1"]
+
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A smoke release as ``FIREARM_DATA`` and an empty run cache, both in temporary folders."""
+    root = data.make_synthetic_release(tmp_path_factory.mktemp("release"), "smoke", seed=0, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(config.DATA_ENV, str(root))
+        patch.setattr(config, "CACHE_DIR", tmp_path_factory.mktemp("cache"))
+        yield {"release": data.load_active_release("smoke"), "out": tmp_path_factory.mktemp("out")}
+
+
+def profile():
+    """The profile the CLI resolves from COMMON."""
+    return config.get_profile("smoke", **QUICK)
+
+
+def run_cli(argv, out: Path | None = None) -> dict:
+    """``cli.main(argv)`` must succeed; returns the JSON summary it wrote under ``out``."""
+    argv = list(argv) + (["--out", str(out)] if out is not None else [])
+    assert cli.main(argv) == 0
+    return json.loads((out / f"{argv[0]}.json").read_text()) if out is not None else {}
+
+
+def usage_error(argv, capsys) -> str:
+    """``cli.main(argv)`` must exit with status 2; returns its stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- help
+def test_help_of_every_command_documents_every_option(capsys):
+    parser = cli.build_parser("python -m helpers")
+    assert set(parser.commands) == {"train-classifier", "train-retrieval", "evaluate", "build-index"}
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    top = capsys.readouterr().out
+    for command in parser.commands:
+        assert command in top and f"python -m helpers {command} " in top  # listed, with an example
+    for command, sub in parser.commands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert sub.description and sub.description.split("\n")[0] in text
+        assert f"example:\n  python -m helpers {command} " in text
+        options = [option for action in sub._actions for option in action.option_strings]
+        assert {"--profile", "--seed", "--out", "--device", "--no-progress", "--set"} <= set(options)
+        for action in sub._actions:
+            assert action.help and len(action.help) > 10, (command, action.option_strings)
+            for option in action.option_strings:
+                assert option in text, (command, option)
+        for choice in config.PROFILES:
+            assert choice in text
+
+
+# --------------------------------------------------------------------------- bad arguments
+BAD = [
+    ([], ["the following arguments are required: COMMAND"]),
+    (["train", "--loss", "double"], ["argument COMMAND: invalid choice: 'train'", "train-retrieval"]),
+    (["train-retrieval", "--loss", "quadruplet"], ["argument --loss: invalid choice: 'quadruplet'", "triplet"]),
+    (["train-retrieval", "--profile", "huge"], ["argument --profile: invalid choice: 'huge'", "tutorial"]),
+    (["evaluate", "--split", "train"], ["argument --split: invalid choice: 'train'", "validation"]),
+    (["build-index", "--index", "hnsw"], ["argument --index: invalid choice: 'hnsw'", "ivfpq"]),
+    (["train-classifier", "--loss", "double"], ["unrecognized arguments: --loss"]),
+    (["train-classifier", "--epochs", "0"], ["argument --epochs: expected an integer >= 1, got 0"]),
+    (["train-retrieval", "--seed", "-1"], ["argument --seed: expected an integer >= 0"]),
+    (["train-retrieval", "--margin", "-0.5", "--loss", "single"], ["argument --margin: expected a finite number > 0"]),
+    (["train-retrieval", "--loss", "single", "--pos-margin", "0.5"],
+     ["argument --pos-margin: the single loss has no such margin; use --margin"]),
+    (["evaluate", "--loss", "triplet", "--neg-margin", "1.0"], ["argument --neg-margin", "use --margin"]),
+    (["train-retrieval", "--loss", "double", "--margin", "0.5"],
+     ["argument --margin: the double loss has no such margin; use --pos-margin and --neg-margin"]),
+    (["train-retrieval", "--pos-margin", "1.3"], ["argument --pos-margin", "m1 = 1.3 and m2 = 1.2"]),
+    (["train-retrieval", "--set", "colour=red"], ["argument --set: unknown profile field 'colour'", "ret_epochs"]),
+    (["train-retrieval", "--set", "name=paper"], ["argument --set", "--profile"]),
+    (["train-retrieval", "--set", "ret_epochs=two"], ["argument --set: ret_epochs: cannot read 'two'"]),
+    (["train-retrieval", "--set", "ret_epochs"], ["argument --set: expected FIELD=VALUE"]),
+    (["train-retrieval", "--set", "ret_epochs=2", "--epochs", "1"], ["argument --set: ret_epochs is also given"]),
+    (["train-retrieval", "--init", "nowhere/run"], ["argument --init", "random, imagenet, classifier", "nowhere/run"]),
+    (["train-retrieval", "--profile", "smoke", "--set", "backbone=small", "--init", "imagenet"],
+     ["argument --init", "no ImageNet weights for backbone 'small'"]),
+    (["evaluate", "--device", "tpu9"], ["argument --device: not a torch device: 'tpu9'"]),
+    (["build-index", "--nprobe", "4"], ["argument --nprobe: only applies to --index ivf or ivfpq"]),
+    (["build-index", "--index", "ivf", "--m", "8"], ["argument --m: only applies to --index ivfpq"]),
+    (["build-index", "--index", "ivf", "--nlist", "4", "--nprobe", "5"], ["argument --nprobe: must be at most"]),
+    (["build-index", "--index", "ivfpq", "--nbits", "17"], ["argument --nbits: must be between 1 and 16"]),
+    (["build-index", "--index", "ivfpq", "--refine", "0.5"], ["argument --refine: expected a k_factor >= 1"]),
+]
+
+
+@pytest.mark.parametrize("argv,messages", BAD, ids=[" ".join(argv) or "nothing" for argv, _ in BAD])
+def test_bad_arguments_exit_2_naming_the_argument(argv, messages, capsys):
+    err = usage_error(argv, capsys)
+    for message in messages:
+        assert message in err
+    assert "usage: " in err
+
+
+def test_profile_overrides_follow_the_field_types():
+    assert cli._profile_override("images_per_category=6,14") == ("images_per_category", (6, 14))
+    assert cli._profile_override("embedding_dim=none") == ("embedding_dim", None)
+    assert cli._profile_override("embedding_dim=64") == ("embedding_dim", 64)
+    assert cli._profile_override("lr=3e-4") == ("lr", 3e-4)
+    assert cli._profile_override("optimizer=sgd") == ("optimizer", "sgd")
+    assert cli._profile_override("weights=None") == ("weights", None)
+
+
+# --------------------------------------------------------------------------- end to end, smoke profile
+def test_train_retrieval_shares_the_notebooks_cache(world):
+    out = world["out"] / "train"
+    summary = run_cli(["train-retrieval", *COMMON, *DOUBLE], out)
+    (record,) = summary["runs"]
+    assert (summary["profile"], summary["seed"], summary["data_seed"]) == ("smoke", 0, config.DEFAULT_SEED)
+    assert summary["profile_overrides"] == QUICK and record["from_cache"] is False
+    assert Path(record["path"]).parent == config.CACHE_DIR / "runs"
+    epochs = pd.read_csv(out / "train-retrieval.csv")
+    assert epochs["epoch"].tolist() == [0, 1] and record["final_epoch"]["val_mAP"] == pytest.approx(
+        epochs["val_mAP"].iloc[-1])
+
+    # the notebooks' call loads the run the command line trained (the other way round: stage 1 below)
+    run = train.train_retrieval(world["release"], "double", init="random", profile=profile(), seed=0,
+                                device="cpu", progress=False, ret_epochs=1)
+    assert run.from_cache and run.key == record["key"] and str(run.path) == record["path"]
+    assert run.epochs["val_mAP"].tolist() == pytest.approx(epochs["val_mAP"].tolist())
+
+
+def test_evaluate_writes_the_metrics_of_the_cached_run(world):
+    out = world["out"] / "evaluate"
+    summary = run_cli(["evaluate", *COMMON, *DOUBLE, "--split", "test"], out)
+    run = train.train_retrieval(world["release"], "double", init="random", profile=profile(), seed=0,
+                                device="cpu", progress=False, ret_epochs=1)
+    assert run.from_cache and summary["runs"][0]["key"] == run.key  # trained or loaded by the command line
+    split = world["release"].test
+    query_emb, db_emb = evaluation.embed_split(run.model, split, profile(), progress=False)
+    expected = metrics.evaluate(query_emb, db_emb, split.ground_truth)
+    assert summary["metrics"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert set(expected) == {"mAP (trapezoid)", "mAP (standard)", "R@1", "R@2", "R@4", "R@8", "R@16", "R@32"}
+    assert 0 < expected["mAP (trapezoid)"] < 1
+    written = pd.read_csv(out / "evaluate.csv").iloc[0]
+    assert written["name"] == "double (random init)"
+    assert {k: written[k] for k in expected} == pytest.approx(expected, rel=1e-9)
+    assert (summary["n_queries"], summary["n_database"]) == (len(split.queries), len(split.database))
+
+
+def test_build_index_exact_and_ivfpq(world, capsys):
+    split = world["release"].validation
+    run = train.train_retrieval(world["release"], "double", init="random", profile=profile(), seed=0,
+                                device="cpu", progress=False, ret_epochs=1)
+    query_emb, db_emb = evaluation.embed_split(run.model, split, profile(), progress=False)
+    n_db = len(db_emb)
+
+    # exact index over the whole ranking: the index's metrics are the dense ones, and it is written out
+    out = world["out"] / "exact"
+    row = run_cli(["build-index", *COMMON, *DOUBLE, "--split", "validation", "--k", str(n_db)], out)["metrics"]
+    assert (row["index"], row["n_database"], row["k"]) == ("exact", n_db, n_db)
+    assert row[f"recall of exact top-{n_db}"] == 1.0
+    for mode in metrics.AP_MODES:
+        dense = metrics.mean_average_precision(query_emb, db_emb, split.ground_truth, mode=mode)[0]
+        assert row[f"mAP ({mode}) from index top-{n_db}"] == pytest.approx(dense, abs=1e-12)
+        assert row[f"mAP ({mode}), full ranking"] == pytest.approx(dense, abs=1e-12)
+    index = faiss.read_index(str(out / "index.faiss"))
+    assert index.ntotal == n_db
+    _, ids = index.search(np.ascontiguousarray(query_emb.numpy()), 5)
+    np.testing.assert_array_equal(ids, search.search(search.build_index(db_emb), query_emb, 5)[1])
+    assert (out / "database.txt").read_text().splitlines() == [str(p) for p in split.database]
+
+    # IVF-PQ: the reported recall and mAP are those of the same seeded index built directly
+    out = world["out"] / "ivfpq"
+    row = run_cli(["build-index", *COMMON, *DOUBLE, "--split", "validation", "--index", "ivfpq", "--nlist", "1",
+                   "--m", "8", "--nbits", "3", "--k", "10"], out)["metrics"]
+    index = search.build_index(db_emb, "ivfpq", nlist=1, m=8, nbits=3, seed=0)
+    _, ids = search.search(index, query_emb, 10)
+    exact = search.torch_topk(query_emb, db_emb, 10)
+    assert (row["m"], row["nbits"], row["nlist"], row["nprobe"]) == (8, 3, 1, 1)
+    assert row["recall of exact top-10"] == search.recall_of_exact_topk(ids, exact, 10) < 1.0
+    assert row["mAP (trapezoid) from index top-10"] == pytest.approx(
+        search.mean_average_precision_from_ids(ids, split.ground_truth, n_db)[0], abs=1e-12)
+    assert faiss.read_index(str(out / "index.faiss")).ntotal == n_db
+    capsys.readouterr()
+
+    # settings that only the database can rule out are still usage errors naming the argument
+    err = usage_error(["build-index", *COMMON, *DOUBLE, "--index", "ivfpq", "--m", "7"], capsys)
+    assert "argument --m: m must divide the embedding dim" in err
+    err = usage_error(["build-index", *COMMON, *DOUBLE, "--k", "100000"], capsys)
+    assert "argument --k: must be at most the database size" in err
+
+
+def test_init_classifier_loads_the_notebooks_stage_1_and_shares_stage_2(world, capsys):
+    # stage 1 trained as the notebooks do is loaded by the command line
+    classifier = train.train_classifier(world["release"], profile(), seed=0, device="cpu", progress=False)
+    assert not classifier.from_cache
+    summary = run_cli(["train-retrieval", *COMMON, "--loss", "triplet", "--init", "classifier", "--epochs", "1"],
+                      world["out"] / "two-stage")
+    stage1, stage2 = summary["runs"]
+    assert (stage1["role"], stage1["kind"], stage2["kind"]) == ("stage 1", "classifier", "retrieval")
+    assert stage1["from_cache"] is True and stage1["key"] == classifier.key
+    assert stage2["from_cache"] is False
+    run = train.train_retrieval(world["release"], "triplet", init=classifier, profile=profile(), seed=0,
+                                device="cpu", progress=False, ret_epochs=1)
+    assert run.from_cache and run.key == stage2["key"]
+    # the stage-1 folder is as good as "classifier"; a retrieval folder is not a stage-1 run
+    summary = run_cli(["train-retrieval", *COMMON, "--loss", "triplet", "--init", stage1["path"], "--epochs", "1"],
+                      world["out"] / "from-path")
+    assert summary["runs"][-1]["key"] == stage2["key"] and summary["runs"][-1]["from_cache"]
+    capsys.readouterr()
+    err = usage_error(["train-retrieval", *COMMON, "--init", stage2["path"]], capsys)
+    assert f"argument --init: {stage2['path']} holds a retrieval run, not a stage-1 classifier run" in err
+    assert runs.is_finished(Path(stage2["path"]))
