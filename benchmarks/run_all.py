@@ -14,6 +14,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,12 +28,14 @@ SMOKE_ARGS = {
     "bench_search.py": [],
     "bench_lite0.py": [],
     "calibrate_resolution.py": ["--sizes", "64", "--epochs", "1"],
+    "ablation_scratch.py": ["--out", "{tmp}/ablation_scratch.csv"],
     "bench_notebooks.py": ["--profiles", "smoke"],
     "results_table.py": ["--seeds", "0", "--profile", "smoke"],
 }
 """Every benchmark, with the arguments that make it quick at the smoke profile."""
 
 FULL_ARGS = {"bench_notebooks.py": ["--profiles", "{profile}"], "results_table.py": ["--profile", "{profile}"]}
+# ablation_scratch.py writes results/ablation_scratch.csv, which notebook 04 reads, only at a full size.
 """Arguments at a full-size profile (all others run with their defaults)."""
 
 
@@ -47,9 +50,10 @@ def main() -> int:
         return 2
     env = dict(os.environ, FIREARM_PROFILE=args.profile, PYTHONHASHSEED="0")
     results = []
+    scratch = tempfile.mkdtemp(prefix="bench-")
     for script, smoke_args in SMOKE_ARGS.items():
-        extra = smoke_args if args.profile == "smoke" else [a.format(profile=args.profile)
-                                                           for a in FULL_ARGS.get(script, [])]
+        chosen = smoke_args if args.profile == "smoke" else FULL_ARGS.get(script, [])
+        extra = [a.format(profile=args.profile, tmp=scratch) for a in chosen]
         print(f"\n=== {script} {' '.join(extra)} (FIREARM_PROFILE={args.profile})", flush=True)
         began = time.perf_counter()
         code = subprocess.run([sys.executable, str(HERE / script), *extra], env=env).returncode
