@@ -11,6 +11,9 @@ Run as ``python benchmarks/bench_lite0.py``. With two threads and batches of
     1000-class head, backward, SGD step) of the trainable top on cached
     float16 maps, of the same step recomputing the frozen part from images,
     and of the whole network trained on images, with the ratios the cache buys;
+(d) the time to cache the active profile's frozen features from scratch (the
+    training views of the retrieval training images, and the evaluation view
+    of the validation and test images), in a temporary cache;
 
 then the wall time and the peak memory (resident set size) of the process.
 Each variant gets one warm-up call, then timed calls for at least 3 s.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -134,6 +138,30 @@ def bench_training(batch: int, min_seconds: float, train_cuts, **_) -> None:
               f" {on_cache / whole:10.1f}x")
 
 
+def bench_caching(**_) -> None:
+    """(d) Time to cache the active profile's frozen features from scratch (a temporary cache)."""
+    from helpers import data, features
+
+    profile = config.get_profile()
+    release = data.load_active_release(profile, progress=False)
+    evaluated = [p for split in (release.validation, release.test) for p in split.queries + split.database]
+    print(f"(d) caching the {profile.name} profile's frozen features (cut {profile.cut}, "
+          f"{profile.feature_views} training views, {profile.eval_size} px)")
+    saved = config.CACHE_DIR
+    with tempfile.TemporaryDirectory() as folder:
+        config.CACHE_DIR = Path(folder)
+        try:
+            for kind, paths, views in (("train", release.retrieval_train.paths, profile.feature_views),
+                                       ("eval", evaluated, 1)):
+                began = time.perf_counter()
+                features.cached_maps(paths, profile, kind, progress=False)
+                seconds = time.perf_counter() - began
+                print(f"    {kind:5s}: {len(paths) * views:6d} maps in {seconds:6.1f} s "
+                      f"({len(paths) * views / seconds:5.1f} maps/s, decoding included)")
+        finally:
+            config.CACHE_DIR = saved
+
+
 def main() -> None:
     """Time every variant and print the tables."""
     began = time.perf_counter()
@@ -147,6 +175,7 @@ def main() -> None:
     bench_eval(**settings)
     bench_frozen(**settings)
     bench_training(**settings)
+    bench_caching(**settings)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     print(f"wall time {time.perf_counter() - began:.1f} s, peak memory {peak_mib:.0f} MiB")
 
