@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     began = time.perf_counter()
-    profile = config.get_profile("tutorial")
+    profile = config.get_profile("tutorial", backbone="small", weights=None, cut=None)  # images, not cached maps
     size = args.size or profile.eval_size
     config.seed_everything(0)
     model = models.build_embedding_net(profile).eval()

@@ -1,7 +1,8 @@
 """Benchmark: one batched pair step against a per-sample loop, and against the forward/backward floor.
 
 Run as ``python benchmarks/bench_pair_step.py``. At the tutorial image size
-(64x64 canvas), with the ``small`` backbone and B pairs per batch, it times
+(its ``eval_size`` canvas), with the ``small`` backbone on images (the
+tutorial itself trains on cached maps) and B pairs per batch, it times
 
 (a) the batched pair step of ``helpers.train``: one forward pass over the 2B
     images (``torch.cat``), split, double margin loss, backward, SGD step;
@@ -84,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     began = time.perf_counter()
-    profile = config.get_profile("tutorial")
+    profile = config.get_profile("tutorial", backbone="small", weights=None, cut=None)  # images, not cached maps
     size = args.size or profile.eval_size
     generator = torch.Generator().manual_seed(0)
     x1 = torch.randn(args.pairs, 3, size, size, generator=generator)

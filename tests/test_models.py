@@ -269,9 +269,12 @@ def test_lite0_top_rebuilds_from_its_spec_and_embeds_cached_maps():
     profile = config.get_profile("smoke")
     assert profile.backbone == "efficientnet_lite0" and profile.cut == 15
     net = models.build_embedding_net(profile).eval()
-    maps = torch.randn(4, *imagenet.lite0_cut_shape(profile.cut, profile.eval_size))
+    frozen = models.build_frozen_trunk(profile.backbone, profile.weights, profile.cut)
+    images = torch.rand(4, 3, profile.eval_size, profile.eval_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
+        maps = frozen((images - 0.5) / 0.5)      # what the cache holds: the frozen trunk's output
         emb = net(maps)
+    assert maps.shape[1:] == imagenet.lite0_cut_shape(profile.cut, profile.eval_size)
     assert emb.shape == (4, imagenet.LITE0_FEATURE_CHANNELS)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
     spec = models.model_spec(net)
