@@ -51,11 +51,16 @@ _EXAMPLES = {
 
 
 # --------------------------------------------------------------------------- argument types
-def _nonnegative_int(text: str) -> int:
+def _converted(text: str, convert, expected: str):
+    """``convert(text)``, or the argparse error "expected <expected>, got <text>"."""
     try:
-        value = int(text)
+        return convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _nonnegative_int(text: str) -> int:
+    value = _converted(text, int, "an integer >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
@@ -69,10 +74,7 @@ def _positive_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    value = _converted(text, float, "a number > 0")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
