@@ -23,6 +23,12 @@ options change only the run the command is about, as the keyword overrides of
 ``<command>.json`` (what was run: keys, cache folders, metrics) and
 ``<command>.csv`` (the epochs table of a training command, the metrics of the
 others); ``build-index`` also writes ``index.faiss`` and ``database.txt``.
+
+Launched by ``torchrun --nproc_per_node=N -m helpers train-...`` the training
+commands train data-parallel (:mod:`helpers.distributed`): every process
+trains its slice of each batch, and only rank 0 prints, writes the cache
+entry and the ``--out`` files. The run and its cache key are those of the
+same command run in one process.
 """
 from __future__ import annotations
 
@@ -47,6 +53,8 @@ _EXAMPLES = {
     "evaluate": "python -m helpers evaluate --loss triplet --init random --split test --out results/cli",
     "build-index": ("python -m helpers build-index --loss double --init classifier --index ivfpq "
                     "--nprobe 8 --out results/index"),
+    "torchrun": ("torchrun --standalone --nproc_per_node=4 -m helpers train-retrieval --profile paper "
+                 "--init classifier --device cuda"),
 }
 
 
@@ -511,10 +519,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.command == "build-index":
         _check_index_options(args, sub.error)
 
-    from . import data
+    from . import data, distributed
 
+    if distributed.launched_by_torchrun():
+        device = config.get_device(args.device)
+        distributed.init_from_env(device)
+        args.device = str(distributed.local_device(device))
+        if not distributed.is_main():  # rank 0 speaks for all
+            args.no_progress, args.out = True, None
+            sys.stdout = open(os.devnull, "w")
     try:
-        release = data.load_active_release(profile, seed=config.DEFAULT_SEED, progress=not args.no_progress)
+        with distributed.main_first():  # rank 0 writes the synthetic release if it is missing
+            release = data.load_active_release(profile, seed=config.DEFAULT_SEED, progress=not args.no_progress)
         done = _train_runs(args, profile, own, release)
         role, run = done[-1]
         _say(run, role)
@@ -529,6 +545,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()
     if args.out is not None:
         _write_summary(args, argv, profile, release, done, result, table)
     return 0

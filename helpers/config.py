@@ -64,10 +64,12 @@ class Profile:
     cls_epochs: int
     cls_lr_step: int                       # lr x 0.1 every this many epochs
     cls_batch_size: int
+    cls_patience: int | None               # stop after this many epochs without a better val accuracy (None: never)
     # --- stage 2: retrieval
     ret_epochs: int
     ret_lr_step: int
     ret_batch_size: int                    # pairs (or triplets) per batch
+    ret_patience: int | None               # stop after this many epochs without a better val mAP (None: never)
     pairs_per_category: int                # per epoch, half positive, half negative
     regenerate_every: int                  # epochs between pair re-draws
     pos_margin: float                      # double margin m1
@@ -91,8 +93,8 @@ PROFILES: dict[str, Profile] = {
         train_size_range=(256, 384), eval_size=384,
         backbone="vgg16", weights="imagenet", cut=None, feature_views=0, pooling="mac", embedding_dim=None,
         optimizer="sgd", lr=1e-3, finetune_lr=1e-3, momentum=0.9, weight_decay=5e-4,
-        cls_epochs=50, cls_lr_step=30, cls_batch_size=32,
-        ret_epochs=30, ret_lr_step=10, ret_batch_size=16,
+        cls_epochs=50, cls_lr_step=30, cls_batch_size=32, cls_patience=None,
+        ret_epochs=30, ret_lr_step=10, ret_batch_size=16, ret_patience=None,
         pairs_per_category=360, regenerate_every=5,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
         num_workers=8, eval_batch_size=16,
@@ -104,8 +106,8 @@ PROFILES: dict[str, Profile] = {
         train_size_range=(112, 128), eval_size=128,
         backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac", embedding_dim=None,
         optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
-        cls_epochs=15, cls_lr_step=11, cls_batch_size=64,
-        ret_epochs=3, ret_lr_step=2, ret_batch_size=64,
+        cls_epochs=15, cls_lr_step=11, cls_batch_size=64, cls_patience=3,
+        ret_epochs=10, ret_lr_step=5, ret_batch_size=64, ret_patience=2,
         pairs_per_category=16, regenerate_every=1,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
         num_workers=0, eval_batch_size=256,
@@ -117,8 +119,8 @@ PROFILES: dict[str, Profile] = {
         train_size_range=(56, 64), eval_size=64,
         backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac",
         embedding_dim=None, optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
-        cls_epochs=2, cls_lr_step=1, cls_batch_size=32,
-        ret_epochs=2, ret_lr_step=1, ret_batch_size=32,
+        cls_epochs=2, cls_lr_step=1, cls_batch_size=32, cls_patience=None,
+        ret_epochs=2, ret_lr_step=1, ret_batch_size=32, ret_patience=1,
         pairs_per_category=16, regenerate_every=1,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
         num_workers=0, eval_batch_size=128,

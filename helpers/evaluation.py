@@ -5,7 +5,7 @@ profile's network sees them (images, or cached frozen-trunk maps);
 :func:`results_table` turns several models' embeddings into one DataFrame of
 the paper's metrics, with a column of the relative change of mAP against a
 baseline row. Two controls say what a score
-means: :func:`random_ranking_map` (chance) and :func:`background_only_split`
+means: :func:`chance_levels` of every metric (random rankings) and :func:`background_only_split`
 (the same images without their firearms).
 """
 from __future__ import annotations
@@ -67,12 +67,22 @@ def results_table(embeddings: dict, ground_truth, baseline: str | None = None,
     return table
 
 
+def chance_levels(split, seed: int = config.DEFAULT_SEED, repeats: int = 20, ks=metrics.DEFAULT_KS) -> pd.Series:
+    """Every metric of :func:`helpers.metrics.evaluate` for random rankings of ``split``: its chance level.
+
+    The mean over ``repeats`` rankings by random embeddings (seeded), so it
+    follows the split's own numbers of queries, relevant items and database
+    images.
+    """
+    rng = np.random.default_rng(seed)
+    rows = [metrics.evaluate(rng.standard_normal((len(split.queries), 8)), rng.standard_normal((len(split.database), 8)),
+                             split.ground_truth, ks=ks) for _ in range(repeats)]
+    return pd.DataFrame(rows).mean().rename("random ranking")
+
+
 def random_ranking_map(split, seed: int = config.DEFAULT_SEED, repeats: int = 20) -> float:
     """Trapezoid mAP of random rankings on ``split``, averaged over ``repeats``: its chance level."""
-    rng = np.random.default_rng(seed)
-    return float(np.mean([metrics.mean_average_precision(rng.standard_normal((len(split.queries), 8)),
-                                                         rng.standard_normal((len(split.database), 8)),
-                                                         split.ground_truth)[0] for _ in range(repeats)]))
+    return float(chance_levels(split, seed, repeats)["mAP (trapezoid)"])
 
 
 def background_only_split(release, split, folder, profile=None, seed: int = config.DEFAULT_SEED,

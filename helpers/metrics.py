@@ -19,6 +19,15 @@ uses:
   the precision at their rank, ``(k + 1) / (r + 1)``. Without tied scores it
   equals ``sklearn.metrics.average_precision_score``.
 
+Three more from *A Metric Learning Reality Check* (Musgrave et al., 2020),
+for a query with ``R`` relevant items:
+
+* ``R-Precision``: the fraction of the top ``R`` that is relevant;
+* ``MAP@R``: standard AP with the ranking cut at ``R``, i.e. the sum of the
+  precisions ``(k + 1) / (r + 1)`` of the hits ranked ``r < R``, over ``R``;
+* ``P@1``: whether the first result is relevant (equal to R@1 here, where
+  every query has at least one relevant item).
+
 Everything is vectorised over queries: one similarity matmul and one sort per
 chunk of queries, then only the ranks of the relevant items are used.
 Exactly tied scores are ordered by ``torch.sort(..., stable=True)``, i.e. the
@@ -35,8 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 AP_MODES = ("trapezoid", "standard")
+REALITY_CHECK = ("MAP@R", "R-Precision", "P@1")
+"""The metrics of Musgrave et al. (2020) that :func:`evaluate` adds after mAP and Recall@K."""
 DEFAULT_KS = (1, 2, 4, 8, 16, 32)
-DEFAULT_PCA_DIMS = (16, 32, 64, 128, 256, 512)
+DEFAULT_PCA_DIMS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CHUNK_ELEMENTS = 2**25
 """Largest score matrix (queries x database entries) handled in one piece (~34M, ~0.6 GB)."""
 
@@ -171,6 +182,17 @@ def average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode: str = "t
     return sums / n_relevant
 
 
+def reality_check_from_ranks(hit_query, hit_rank, n_relevant) -> dict[str, np.ndarray]:
+    """Per-query MAP@R, R-Precision and P@1 from the 0-based ranks of all hits (see the module docstring)."""
+    k = _hit_numbers(n_relevant).astype(np.float64)
+    r = hit_rank.astype(np.float64)
+    within_r = r < n_relevant[hit_query]
+    per_query = lambda weights: np.bincount(hit_query, weights=weights, minlength=n_relevant.size)
+    return {"MAP@R": per_query((k + 1) / (r + 1) * within_r) / n_relevant,
+            "R-Precision": per_query(within_r.astype(np.float64)) / n_relevant,
+            "P@1": per_query((r == 0).astype(np.float64))}
+
+
 def _recall_from_ranks(hit_query, hit_rank, n_relevant, n_db: int, ks) -> dict[int, float]:
     ks = _check_ks(ks)
     first_rank = hit_rank[_hit_numbers(n_relevant) == 0]
@@ -217,11 +239,11 @@ def recall_at_k(query_emb, db_emb, ground_truth, ks=DEFAULT_KS) -> dict[int, flo
 
 
 def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = None) -> dict:
-    """One tidy result row: both mAP flavours and Recall@K from a single ranking.
+    """One tidy result row: both mAP flavours, Recall@K and MAP@R, R-Precision, P@1 from a single ranking.
 
     Keys: ``"name"`` (when given),
-    ``"mAP (trapezoid)"``, ``"mAP (standard)"``, then ``"R@1"``, ``"R@2"``, ...
-    Values are fractions in [0, 1]. ``pandas.DataFrame([evaluate(...), ...])``
+    ``"mAP (trapezoid)"``, ``"mAP (standard)"``, then ``"R@1"``, ``"R@2"``, ...,
+    then :data:`REALITY_CHECK`. Values are fractions in [0, 1]. ``pandas.DataFrame([evaluate(...), ...])``
     makes a results table.
     """
     ks = _check_ks(ks)
@@ -231,6 +253,7 @@ def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = 
         row[f"mAP ({mode})"] = float(average_precision_from_ranks(*hits, mode).mean())
     for k, value in _recall_from_ranks(*hits, n_db=len(db_emb), ks=ks).items():
         row[f"R@{k}"] = value
+    row.update({name: float(values.mean()) for name, values in reality_check_from_ranks(*hits).items()})
     return row
 
 

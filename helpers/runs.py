@@ -37,7 +37,7 @@ from . import config, models
 
 RUN_FILES = ("config.json", "history.csv", "epochs.csv", "model.pt")
 CHECKPOINT_FILE = "checkpoint.pt"
-TRAINING_MODULES = ("data", "features", "imagenet", "losses", "methods", "models", "runs", "train")
+TRAINING_MODULES = ("data", "distributed", "features", "imagenet", "losses", "methods", "models", "runs", "train")
 """The modules of ``helpers`` whose source is hashed into :func:`code_version`."""
 
 
@@ -217,11 +217,11 @@ def _restore_rng_states(states: dict) -> None:
 
 
 def save_checkpoint(folder: Path, key: str, epoch: int, model, optimizer, scheduler,
-                    history: list, epoch_rows: list, wall_time: float) -> None:
-    """Atomically write the state needed to resume after ``epoch``."""
+                    history: list, epoch_rows: list, wall_time: float, best: dict | None = None) -> None:
+    """Atomically write the state needed to resume after ``epoch``; ``best`` records the best epoch so far."""
     state = {"key": key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "history": history, "epochs": epoch_rows,
-             "wall_time": wall_time, "rng": _rng_states()}
+             "wall_time": wall_time, "best": best or {}, "rng": _rng_states()}
     atomic_write(folder / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
 
 
@@ -229,7 +229,7 @@ def restore_checkpoint(folder: Path | None, key: str, model, optimizer, schedule
     """Load the checkpoint of an unfinished run with this key into the objects; return its record.
 
     Returns ``None`` when there is none. The record has ``epoch``,
-    ``history``, ``epochs`` and ``wall_time``; the random-number states are
+    ``history``, ``epochs``, ``wall_time`` and ``best`` (the best epoch so far); the random-number states are
     restored too, so the resumed run continues exactly where it stopped.
     """
     if folder is None or not (folder / CHECKPOINT_FILE).is_file():

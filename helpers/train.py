@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import config, data, features, losses, methods, metrics, models, runs
+from . import config, data, distributed, features, losses, methods, metrics, models, runs
 from .progress import bar as tqdm
 
 INITS = ("random", "imagenet")
@@ -107,10 +107,16 @@ class TupleDataset(Dataset):
 
 def epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, profile: config.Profile,
                  device) -> DataLoader:
-    """A shuffling DataLoader whose order depends only on ``(seed, epoch)``."""
-    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                      num_workers=profile.num_workers, pin_memory=device.type == "cuda")
+    """A shuffling DataLoader whose order depends only on ``(seed, epoch)``.
+
+    Under torchrun each process loads its own slice of every global batch of
+    ``batch_size`` (:class:`~helpers.distributed.RankBatches`), so the
+    slices of all ranks together are the batches one process would see.
+    """
+    rank, world_size = distributed.world()
+    batches = distributed.RankBatches(len(dataset), batch_size, int(seed) * 1_000_003 + int(epoch), rank, world_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=profile.num_workers,
+                      pin_memory=device.type == "cuda")
 
 
 # --------------------------------------------------------------------------- one batch
@@ -171,20 +177,31 @@ def classifier_step(model: nn.Module, batch, device, weights: torch.Tensor) -> t
 # --------------------------------------------------------------------------- the loops
 
 def train_epoch(model: nn.Module, loader, optimizer, step: Callable, *, epoch: int, first_iteration: int = 1,
-                loss_name: str = "training", progress: bool = True) -> list[dict]:
+                loss_name: str = "training", progress: bool = True,
+                batch_weight: Callable = lambda batch: len(batch[0])) -> list[dict]:
     """One pass over ``loader``: forward, loss, backward, update. Returns one history row per iteration.
 
-    ``step(model, batch)`` returns ``(loss, stats)``. A loss that is not
-    finite stops training with a ``FloatingPointError`` naming the epoch,
-    the iteration and the learning rate.
+    ``step(model, batch)`` returns ``(loss, stats)``, the loss a mean over
+    the batch. Under torchrun ``model`` is the DistributedDataParallel
+    wrapper and each process holds a slice of the global batch: its loss is
+    scaled by its share of the batch (``batch_weight``, the number of tuples
+    by default; :func:`~helpers.distributed.loss_share`), and the recorded
+    loss and statistics are averaged over the processes (the loss is then
+    exactly the global batch's). A loss that is not finite stops training
+    with a ``FloatingPointError`` naming the epoch, the iteration and the
+    learning rate.
     """
     model.train()
     lr = optimizer.param_groups[0]["lr"]
     rows = []
+    _, world_size = distributed.world()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, unit="batch")
     for offset, batch in enumerate(bar):
         loss, stats = step(model, batch)
-        values = torch.stack([loss.detach().float()] + [v.float() for v in stats.values()]).tolist()
+        if world_size > 1:
+            loss = loss * distributed.loss_share(batch_weight(batch), loss.device)
+        values = torch.stack([loss.detach().float()] + [v.float() for v in stats.values()])
+        values = (distributed.all_sum(values) / world_size).tolist()
         iteration = first_iteration + offset
         if not math.isfinite(values[0]):
             raise FloatingPointError(f"the {loss_name} loss is {values[0]} at epoch {epoch}, iteration "
@@ -204,7 +221,9 @@ class Task:
 
     ``make_loader(epoch)`` gives that epoch's DataLoader (epochs count from
     1); ``step(model, batch)`` returns ``(loss, stats)``;
-    ``validate(model)`` returns the validation score stored as ``val_column``.
+    ``validate(model)`` returns the validation score stored as ``val_column``
+    (higher is better); ``batch_weight(batch)`` is what the batch mean of the
+    loss is taken over (its number of items, or its summed class weights).
     """
 
     make_loader: Callable[[int], DataLoader]
@@ -213,94 +232,142 @@ class Task:
     val_column: str
     loss_name: str
     columns: tuple[str, ...]
+    batch_weight: Callable = lambda batch: len(batch[0])
 
 
 @dataclass
 class Progress:
-    """Where a run stands: history rows, epoch rows (epoch 0 = before training) and wall time."""
+    """Where a run stands: history rows, epoch rows (epoch 0 = before training), wall time, best epoch.
+
+    ``best_state`` holds the weights of ``best_epoch``, the epoch with the
+    highest validation score so far (the earliest one on ties).
+    """
 
     history: list
     epochs: list
     wall_time: float
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    best_state: dict | None = None
 
     @property
     def next_epoch(self) -> int:
         return self.epochs[-1]["epoch"] + 1
 
+    def stalled(self, patience: int | None) -> bool:
+        """Whether ``patience`` epochs have passed without a better validation score."""
+        return patience is not None and self.epochs[-1]["epoch"] - self.best_epoch >= patience
+
+    def record_best(self, epoch: int, score: float, model: nn.Module) -> None:
+        """Keep ``model``'s weights if ``score`` beats the best so far."""
+        if score > self.best_score:
+            self.best_epoch, self.best_score = epoch, score
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
 
 def fit(model: nn.Module, optimizer, scheduler, task: Task, epochs: int, state: Progress | None = None, *,
+        patience: int | None = None, parallel: nn.Module | None = None,
         save: Callable[[int, Progress], None] | None = None, progress: bool = True, desc: str = "training",
         on_epoch_end: Callable[[dict], None] | None = None) -> Progress:
-    """Train ``model`` up to ``epochs`` epochs: the loop over epochs.
+    """Train ``model`` for at most ``epochs`` epochs and end with the weights of its best validation epoch.
 
     Without a ``state`` (a fresh run) the untrained model is scored first, as
-    epoch 0. Each epoch trains once over ``task.make_loader(epoch)``, steps
+    epoch 0. Each epoch trains once over ``task.make_loader(epoch)`` (through
+    ``parallel``, the DistributedDataParallel wrapper under torchrun), steps
     the learning-rate ``scheduler``, scores ``task.validate`` and then calls
     ``save(epoch, state)`` (the checkpoint) and ``on_epoch_end(row)``.
+    Training stops early once ``patience`` epochs have gone by without a
+    better validation score (``None``: never). At the end ``model`` holds
+    the weights of the best epoch, which may be epoch 0: a run that never
+    beat its starting point returns its starting point.
     """
+    parallel = model if parallel is None else parallel
     if state is None:
         began = time.perf_counter()
-        score = task.validate(model)
+        score = distributed.broadcast_float(task.validate(model))
         elapsed = time.perf_counter() - began
         state = Progress([], [{"epoch": 0, "train_loss": float("nan"), task.val_column: score,
                                "wall_time": elapsed}], elapsed)
+        state.record_best(0, score, model)
     bar = tqdm(range(state.next_epoch, epochs + 1), desc=desc, unit="epoch", disable=not progress,
                total=epochs, initial=state.next_epoch - 1)
     bar.set_postfix({task.val_column: f"{state.epochs[-1][task.val_column]:.4f}"})
     for epoch in bar:
+        if state.stalled(patience):
+            break
         began = time.perf_counter()
-        rows = train_epoch(model, task.make_loader(epoch), optimizer, task.step, epoch=epoch,  # one bar: this one
-                           first_iteration=len(state.history) + 1, loss_name=task.loss_name, progress=False)
+        rows = train_epoch(parallel, task.make_loader(epoch), optimizer, task.step, epoch=epoch,  # one bar: this one
+                           first_iteration=len(state.history) + 1, loss_name=task.loss_name, progress=False,
+                           batch_weight=task.batch_weight)
         scheduler.step()
-        score = task.validate(model)
+        score = distributed.broadcast_float(task.validate(model))
         state.wall_time += time.perf_counter() - began
         state.history.extend(rows)
+        state.record_best(epoch, score, model)
         train_loss = float(np.mean([row["loss"] for row in rows])) if rows else float("nan")
         row = {"epoch": epoch, "train_loss": train_loss, task.val_column: score, "wall_time": state.wall_time}
         state.epochs.append(row)
-        bar.set_postfix({"loss": f"{train_loss:.4f}", task.val_column: f"{score:.4f}"})
+        bar.set_postfix({"loss": f"{train_loss:.4f}", task.val_column: f"{score:.4f}",
+                         "best": state.best_epoch})
         if save is not None:
             save(epoch, state)
         if on_epoch_end is not None:
             on_epoch_end(dict(row))
     bar.close()
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
     return state
 
 
 def load_or_fit(folder_kind: str, run_config: dict, build_model: Callable[[], nn.Module],
                 make_task: Callable[[], Task], profile: config.Profile, epochs: int, lr_step: int, *,
-                seed: int, device, cache: bool, progress: bool,
+                patience: int | None, seed: int, device, cache: bool, progress: bool,
                 on_epoch_end: Callable[[dict], None] | None) -> runs.Run:
     """Load the cached run of ``run_config``, or train it (resuming from its checkpoint) and cache it.
 
     ``make_task`` is called only when training is needed (it decodes the
-    data); the model is built after seeding, so a run is repeatable.
+    data); the model is built after seeding, so a run is repeatable. Under
+    torchrun every process trains its share of each batch, BatchNorm uses
+    the statistics of the global batch, and only rank 0 writes the
+    checkpoints and the cache entry.
     """
     key = runs.run_key(run_config)
     folder = runs.run_folder(folder_kind, key) if cache else None
     if runs.is_finished(folder):
         return runs.load_run(folder)
 
-    task = make_task()
+    with distributed.main_first():  # rank 0 fills the feature cache, the others read it
+        task = make_task()
     config.seed_everything(seed)
-    model = build_model().to(device)
+    model = distributed.sync_batchnorm(build_model(), device).to(device)
     optimizer = build_optimizer(model, profile)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=0.1)
     restored = runs.restore_checkpoint(folder, key, model, optimizer, scheduler)
-    state = Progress(restored["history"], restored["epochs"], restored["wall_time"]) if restored else None
+    state = None
+    if restored:
+        state = Progress(restored["history"], restored["epochs"], restored["wall_time"],
+                         **restored.get("best", {}))
+    writes = folder is not None and distributed.is_main()
 
     def save(epoch: int, state: Progress) -> None:
-        runs.save_checkpoint(folder, key, epoch, model, optimizer, scheduler,
-                             state.history, state.epochs, state.wall_time)
+        runs.save_checkpoint(folder, key, epoch, model, optimizer, scheduler, state.history, state.epochs,
+                             state.wall_time, best={"best_epoch": state.best_epoch, "best_score": state.best_score,
+                                                    "best_state": state.best_state})
 
-    state = fit(model, optimizer, scheduler, task, epochs, state, save=save if folder else None,
-                progress=progress, desc=folder_kind, on_epoch_end=on_epoch_end)
-    run = runs.Run(model=model.cpu().eval(), config=run_config, key=key,
+    state = fit(model, optimizer, scheduler, task, epochs, state, patience=patience,
+                parallel=distributed.data_parallel(model, device), save=save if writes else None,
+                progress=progress and distributed.is_main(), desc=folder_kind, on_epoch_end=on_epoch_end)
+    final = model
+    if distributed.is_distributed():  # back to plain BatchNorm, outside DistributedDataParallel
+        final = build_model()
+        final.load_state_dict(model.state_dict())
+    run = runs.Run(model=final.cpu().eval(), config=run_config, key=key,
                    history=pd.DataFrame(state.history, columns=["epoch", "iteration", "lr", "loss", *task.columns]),
                    epochs=pd.DataFrame(state.epochs, columns=["epoch", "train_loss", task.val_column, "wall_time"]),
                    wall_time=state.wall_time, from_cache=False, path=folder)
-    if folder is not None:
+    if writes:
         runs.save_run(run)
+    distributed.barrier()
     return run
 
 
@@ -348,10 +415,10 @@ def train_classifier(release, profile=None, *, seed: int = config.DEFAULT_SEED, 
                                                            epoch, profile, device),
                     step=lambda model, batch: classifier_step(model, batch, device, weights),
                     validate=validate, val_column="val_accuracy", loss_name="cross-entropy",
-                    columns=CLASSIFIER_COLUMNS)
+                    columns=CLASSIFIER_COLUMNS, batch_weight=lambda batch: float(weights[batch[1].to(device)].sum()))
 
     return load_or_fit("classifier", run_config, lambda: models.build_classifier(n_classes, profile), make_task,
-                       profile, profile.cls_epochs, profile.cls_lr_step, seed=seed, device=device, cache=cache,
+                       profile, profile.cls_epochs, profile.cls_lr_step, patience=profile.cls_patience, seed=seed, device=device, cache=cache,
                        progress=progress, on_epoch_end=on_epoch_end)
 
 
@@ -387,12 +454,25 @@ def retrieval_step(method: methods.Method, margins: dict, device) -> Callable:
     return lambda model, batch: triplet_step(model, batch, device, per_item)
 
 
+def tuple_budget(method: methods.Method, profile: config.Profile) -> tuple[int, int]:
+    """``(tuples per category per epoch, tuples per batch)`` that give every loss the same image budget.
+
+    The profile counts pairs (two images each). A triplet holds three images
+    (``method.tuple_size``), so the triplet loss gets two thirds as many
+    triplets per category and per batch (rounded): every loss then sees about
+    the same number of images per epoch and per step, and costs the same.
+    """
+    scale = 2 / method.tuple_size
+    return (max(1, round(profile.pairs_per_category * scale)), max(1, round(profile.ret_batch_size * scale)))
+
+
 def training_tuples(method: methods.Method, labels: np.ndarray, profile: config.Profile, seed: int) -> Callable:
     """``epoch -> (index arrays, targets)``: the pairs (or triplets) of each epoch (1-based), seeded."""
+    per_category, _ = tuple_budget(method, profile)
     if not method.is_pair_loss:
-        sampler = data.TripletSampler(labels, profile.pairs_per_category, profile.regenerate_every, seed)
+        sampler = data.TripletSampler(labels, per_category, profile.regenerate_every, seed)
         return lambda epoch: (sampler.triplets(epoch - 1), None)
-    sampler = data.PairSampler(labels, profile.pairs_per_category, profile.regenerate_every, seed)
+    sampler = data.PairSampler(labels, per_category, profile.regenerate_every, seed)
 
     def pairs(epoch: int):
         i, j, y = sampler.pairs(epoch - 1)
@@ -411,10 +491,13 @@ def train_retrieval(release, loss="double", init=None, profile=None, *,
     means ``"imagenet"`` when ``profile.weights`` is set, else ``"random"``.
 
     Every epoch draws ``pairs_per_category`` pairs per category of
-    ``release.retrieval_train`` (half positive, half negative; triplets: as
-    many triplets), redrawn every ``regenerate_every`` epochs, in batches of
-    ``ret_batch_size`` whose images go through the network in one forward
-    pass. Starting from trained weights (ImageNet or stage 1), the learning
+    ``release.retrieval_train`` (half positive, half negative), redrawn every
+    ``regenerate_every`` epochs, in batches of ``ret_batch_size`` whose
+    images go through the network in one forward pass; the triplet loss gets
+    as many images, in two thirds as many triplets (:func:`tuple_budget`).
+    Training stops after ``ret_epochs`` epochs, or earlier once
+    ``ret_patience`` epochs pass without a better validation mAP, and the run
+    keeps the weights of its best validation epoch. Starting from trained weights (ImageNet or stage 1), the learning
     rate is ``profile.finetune_lr`` unless ``lr`` is overridden. The
     validation mAP (trapezoid) on ``release.validation`` is measured before
     training (epoch 0) and after every epoch. ``overrides`` replace profile
@@ -435,10 +518,11 @@ def train_retrieval(release, loss="double", init=None, profile=None, *,
         queries = features.eval_inputs(split.queries, split.query_labels, profile, progress)
         database = features.eval_inputs(split.database, split.database_labels, profile, progress)
         tuples = training_tuples(method, inputs.labels, profile, seed)
+        _, batch_size = tuple_budget(method, profile)
 
         def make_loader(epoch: int) -> DataLoader:
             indices, targets = tuples(epoch)
-            return epoch_loader(TupleDataset(inputs.for_epoch(epoch), indices, targets), profile.ret_batch_size,
+            return epoch_loader(TupleDataset(inputs.for_epoch(epoch), indices, targets), batch_size,
                                 seed, epoch, profile, device)
 
         def validate(model: nn.Module) -> float:
@@ -450,7 +534,7 @@ def train_retrieval(release, loss="double", init=None, profile=None, *,
                     val_column="val_mAP", loss_name=method.label, columns=PAIR_COLUMNS)
 
     return load_or_fit(f"retrieval-{method.name}", run_config, build_model, make_task, profile,
-                       profile.ret_epochs, profile.ret_lr_step, seed=seed, device=device, cache=cache,
+                       profile.ret_epochs, profile.ret_lr_step, patience=profile.ret_patience, seed=seed, device=device, cache=cache,
                        progress=progress, on_epoch_end=on_epoch_end)
 
 

@@ -168,7 +168,7 @@ def test_recall_at_k_matches_loop_and_caps_k():
 def test_evaluate_row():
     queries, database, ground_truth = _random_problem(n_queries=12, n_db=90, seed=7)
     row = M.evaluate(queries, database, ground_truth, ks=(1, 5), name="double margin")
-    assert list(row) == ["name", "mAP (trapezoid)", "mAP (standard)", "R@1", "R@5"]
+    assert list(row) == ["name", "mAP (trapezoid)", "mAP (standard)", "R@1", "R@5", "MAP@R", "R-Precision", "P@1"]
     assert row["name"] == "double margin"
     assert row["mAP (trapezoid)"] == pytest.approx(M.mean_average_precision(queries, database, ground_truth)[0])
     assert row["mAP (standard)"] == pytest.approx(
@@ -206,7 +206,8 @@ def test_pca_sweep_caps_dims_and_full_dim_equals_centred_metrics():
     queries, database, ground_truth = _random_problem(n_queries=20, n_db=150, dim=24, seed=8)
     table = M.pca_sweep(queries, database, ground_truth, dims=(4, 8, 16, 32, 64))
     assert table["dim"].tolist() == [4, 8, 16, 24]
-    assert list(table.columns) == ["dim", "mAP (trapezoid)", "mAP (standard)", "R@1", "explained variance"]
+    assert list(table.columns) == ["dim", "mAP (trapezoid)", "mAP (standard)", "R@1", *M.REALITY_CHECK,
+                                   "explained variance"]
     assert table["explained variance"].is_monotonic_increasing
     assert table["explained variance"].iloc[-1] == pytest.approx(1.0)
     # at full dim PCA centres on the database mean and rotates: compare with centring alone
@@ -286,3 +287,43 @@ def test_confused_pairs_counts_wrong_results_like_a_loop():
     slots = {lab: 5 * int((q_labels == lab).sum()) for lab in set(q_labels.tolist())}
     for row in table.itertuples():
         assert row.share == pytest.approx(row.count / slots[row.query_label])
+
+
+def _labelled_problem(seed=0, n_classes=7, n_db=140, n_queries=30, dim=12):
+    """Queries and database with class labels (relevant = same class), clustered so scores spread."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_classes, dim))
+    db_labels = rng.integers(0, n_classes, n_db)
+    q_labels = rng.integers(0, n_classes, n_queries)
+    database = (centres[db_labels] + 1.3 * rng.standard_normal((n_db, dim))).astype(np.float32)
+    queries = (centres[q_labels] + 1.3 * rng.standard_normal((n_queries, dim))).astype(np.float32)
+    ground_truth = [np.flatnonzero(db_labels == label) for label in q_labels]
+    return queries, database, q_labels, db_labels, ground_truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reality_check_metrics_match_pytorch_metric_learning(seed):
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    queries, database, q_labels, db_labels, ground_truth = _labelled_problem(seed)
+    row = M.evaluate(queries, database, ground_truth)
+    calculator = AccuracyCalculator(include=("mean_average_precision_at_r", "r_precision", "precision_at_1"),
+                                    k="max_bin_count")
+    theirs = calculator.get_accuracy(F.normalize(torch.as_tensor(queries), dim=1), torch.as_tensor(q_labels),
+                                     F.normalize(torch.as_tensor(database), dim=1), torch.as_tensor(db_labels),
+                                     ref_includes_query=False)
+    assert row["MAP@R"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
+    assert row["R-Precision"] == pytest.approx(theirs["r_precision"], abs=1e-6)
+    assert row["P@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
+    assert 0.05 < row["MAP@R"] < 0.95 and row["P@1"] == pytest.approx(row["R@1"])
+
+
+def test_reality_check_metrics_by_hand():
+    # one query, R = 2 relevant items ranked 1st and 3rd of 4
+    hits = (np.array([0, 0]), np.array([0, 2]), np.array([2]))
+    values = {name: float(v[0]) for name, v in M.reality_check_from_ranks(*hits).items()}
+    assert values == {"MAP@R": pytest.approx((1 / 1) / 2), "R-Precision": 0.5, "P@1": 1.0}
+    # ranked 2nd and 3rd: P@1 = 0, top-2 holds one of them, MAP@R = (1/2) / 2
+    hits = (np.array([0, 0]), np.array([1, 2]), np.array([2]))
+    values = {name: float(v[0]) for name, v in M.reality_check_from_ranks(*hits).items()}
+    assert values == {"MAP@R": pytest.approx(0.25), "R-Precision": 0.5, "P@1": 0.0}
