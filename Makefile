@@ -12,10 +12,10 @@ PROFILE ?= tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export PYTHONHASHSEED := 0
 
-.PHONY: setup data run test unit nbval lab bench clean-cache help
+.PHONY: setup data run test unit nbval lab bench results verify clean-cache help
 
 help:
-	@echo "make run | make test | make lab | make bench | make clean-cache"
+	@echo "make run | make test | make results | make verify | make lab | make bench | make clean-cache"
 
 setup: $(STAMP)
 
@@ -45,6 +45,16 @@ test: unit nbval
 
 lab: setup
 	$(PY) -m jupyter lab notebooks/
+
+# make results: the fair comparison (tuning, seeds, test) behind notebooks 03-04, written to results/
+# (about an hour at the tutorial profile from an empty cache; cached runs are loaded, not retrained)
+results: data
+	FIREARM_PROFILE=$(PROFILE) $(PY) benchmarks/results_table.py --profile $(PROFILE)
+
+# make verify: re-execute every notebook from an empty run cache into a temporary folder and diff
+# its text outputs with the committed ones (timings masked); as long as make run
+verify: data
+	FIREARM_PROFILE=$(PROFILE) $(PY) -m helpers.verify $(NOTEBOOKS)
 
 # make bench: every benchmark at the smoke profile (a quick check that they run);
 # make bench PROFILE=tutorial: at full size (long)

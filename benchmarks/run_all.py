@@ -30,7 +30,7 @@ SMOKE_ARGS = {
     "calibrate_resolution.py": ["--sizes", "64", "--epochs", "1"],
     "ablation_scratch.py": ["--out", "{tmp}/ablation_scratch.csv"],
     "bench_notebooks.py": ["--profiles", "smoke"],
-    "results_table.py": ["--seeds", "0", "--profile", "smoke"],
+    "results_table.py": ["--seeds", "0", "--profile", "smoke", "--out", "{tmp}/results"],
 }
 """Every benchmark, with the arguments that make it quick at the smoke profile."""
 

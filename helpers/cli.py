@@ -81,6 +81,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    value = _converted(text, float, "a number >= 0")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = _converted(text, float, "a number > 0")
     if not value > 0 or value == float("inf"):
@@ -214,14 +221,17 @@ def _retrieval_options(parser: argparse.ArgumentParser, what: str) -> None:
     group.add_argument("--margin", type=_positive_float, default=None,
                        help="margin of the single margin or triplet loss (default: the profile's "
                             "single_margin or triplet_margin)")
-    group.add_argument("--pos-margin", type=_positive_float, default=None,
-                       help="positive margin m1 of the double margin loss (default: the profile's pos_margin)")
+    group.add_argument("--pos-margin", type=_nonnegative_float, default=None,
+                       help="positive margin m1 of the double margin loss, 0 or more (0 makes it the single "
+                            "margin loss; default: the profile's pos_margin)")
     group.add_argument("--neg-margin", type=_positive_float, default=None,
                        help="negative margin m2 of the double margin loss, above m1 (default: the "
                             "profile's neg_margin)")
     group.add_argument("--epochs", type=_nonnegative_int, default=None,
-                       help="retrieval epochs (default: the profile's ret_epochs); 0 keeps the starting "
-                            "weights, e.g. the stage-1 features alone")
+                       help="at most this many retrieval epochs (default: the profile's ret_epochs; "
+                            "training stops earlier after ret_patience epochs without a better validation "
+                            "mAP and keeps its best epoch); 0 keeps the starting weights, e.g. the stage-1 "
+                            "features alone")
 
 
 def _subparser(subparsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -248,7 +258,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _common_options(sub)
     group = sub.add_argument_group("the classifier run")
     group.add_argument("--epochs", type=_positive_int, default=None,
-                       help="classification epochs (default: the profile's cls_epochs)")
+                       help="at most this many classification epochs (default: the profile's cls_epochs; "
+                            "training stops earlier after cls_patience epochs without a better validation "
+                            "accuracy and keeps its best epoch)")
 
     sub = _subparser(subparsers, "train-retrieval", "stage 2 or one-stage: train (or load) an embedding",
                      "Train an embedding network with a pair or triplet loss (stage 2 from a classifier, or\n"

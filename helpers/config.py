@@ -22,7 +22,9 @@ DATA_DIR = REPO_ROOT / "data"
 CACHE_ENV = "FIREARM_CACHE"
 CACHE_DIR = Path(os.environ.get(CACHE_ENV) or REPO_ROOT / "cache")
 """Trained runs are cached here; ``FIREARM_CACHE`` moves it (benchmarks use a fresh one)."""
-FIGURES_DIR = REPO_ROOT / "figures"
+FIGURES_ENV = "FIREARM_FIGURES"
+FIGURES_DIR = Path(os.environ.get(FIGURES_ENV) or REPO_ROOT / "figures")
+"""Saved figures go here; ``FIREARM_FIGURES`` moves them (``make verify`` uses a temporary folder)."""
 DEFAULT_SEED = 0
 PROFILE_ENV = "FIREARM_PROFILE"
 DATA_ENV = "FIREARM_DATA"
@@ -109,7 +111,7 @@ PROFILES: dict[str, Profile] = {
         cls_epochs=15, cls_lr_step=11, cls_batch_size=64, cls_patience=3,
         ret_epochs=10, ret_lr_step=5, ret_batch_size=64, ret_patience=2,
         pairs_per_category=16, regenerate_every=1,
-        pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
+        pos_margin=0.4, neg_margin=1.2, single_margin=1.4, triplet_margin=0.4,  # tuned: results/tuning.csv
         num_workers=0, eval_batch_size=256,
     ),
     "smoke": Profile(

@@ -248,24 +248,34 @@ def retrieval_gallery(query_images: Sequence, ranked_images: Sequence[Sequence],
 
 
 def metric_bars(table: pd.DataFrame, metric: str, ax=None, title: str | None = None,
-                error: str | None = None):
-    """Horizontal bars of one metric per method, with optional error bars (e.g. std over seeds)."""
+                error: str | None = None, chance: float | None = None):
+    """Horizontal bars of one metric per method, with optional error bars and a chance line.
+
+    ``error`` names a column of half-widths (e.g. a 95% interval over seeds);
+    ``chance`` draws the score of a random ranking as a dotted line.
+    """
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 0.5 * len(table) + 1.2))
+        fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(table) + 1.4))
     else:
         fig = ax.figure
     values = table[metric].to_numpy(dtype=float)
     xerr = table[error].to_numpy(dtype=float) if error else None
     colours = [methods.colour_of(i) for i in table.index]
-    ax.barh(np.arange(len(table)), values, xerr=xerr, color=colours, alpha=0.9)
+    ax.barh(np.arange(len(table)), values, xerr=xerr, color=colours, alpha=0.9, capsize=3)
     ax.set_yticks(np.arange(len(table)))
     ax.set_yticklabels(table.index)
     ax.invert_yaxis()
     for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.3f}", va="center", fontsize=9)
+        offset = 0 if xerr is None or not np.isfinite(xerr[i]) else xerr[i]
+        label = f" {v:.3f}" + (f" ± {xerr[i]:.3f}" if xerr is not None and np.isfinite(xerr[i]) else "")
+        ax.text(v + offset, i, label, va="center", fontsize=9)
+    if chance is not None:  # labelled above the bars, where it covers nothing
+        ax.axvline(chance, color="0.3", linestyle=":", linewidth=1.5)
+        ax.set_ylim(len(table) - 0.5, -1.1)
+        ax.text(chance, -0.75, f" random ranking {chance:.3f}", color="0.3", fontsize=8, va="center", ha="left")
     ax.set_xlabel(metric)
     ax.set_title(title or metric)
-    ax.set_xlim(0, max(1.0, float(np.nanmax(values)) * 1.15))
+    ax.set_xlim(0, max(1.0, float(np.nanmax(values + (0 if xerr is None else np.nan_to_num(xerr)))) * 1.25))
     return fig
 
 
@@ -278,9 +288,53 @@ def curves_by_run(frames: Mapping[str, pd.DataFrame], x: str, y: str, ax=None, t
         fig = ax.figure
     for name, frame in frames.items():
         colour = methods.colour_of(name, default=None)
-        ax.plot(frame[x], frame[y], marker=marker, label=name, color=colour)
+        ax.plot(frame[x], frame[y], marker=marker, label=name, color=colour, linestyle=line_style(name))
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     ax.set_title(title or f"{y} against {x}")
     ax.legend(fontsize=8)
+    return fig
+
+
+def line_style(name: str) -> str:
+    """Dashed for a one-stage run, dotted for a compute-matched one, solid otherwise (two-stage, floors)."""
+    if "compute-matched" in name:
+        return ":"
+    return "--" if "one-stage" in name else "-"
+
+
+def tuning_bars(tuning: pd.DataFrame, chosen: Mapping[str, Mapping], paper: Mapping[str, Mapping], axes=None):
+    """One panel per loss: the best validation mAP of each margin setting, the chosen one opaque.
+
+    ``tuning`` has the columns ``loss``, ``margins`` (a label), the margin
+    keywords and ``best val_mAP`` (:func:`helpers.protocol.tune`); ``chosen``
+    and ``paper`` map each loss to its margin keywords. The paper's setting
+    is hatched.
+    """
+    losses_ = list(dict.fromkeys(tuning["loss"]))
+    if axes is None:
+        fig, axes = plt.subplots(1, len(losses_), figsize=(5.2 * len(losses_), 3.8), sharey=True)
+    fig = axes[0].figure
+    for ax, loss in zip(axes, losses_):
+        rows = tuning[tuning["loss"] == loss].reset_index(drop=True)
+        method = methods.get(loss)
+
+        def matches(row, margins):
+            return all(abs(float(row[k]) - float(v)) < 1e-9 for k, v in margins[loss].items())
+
+        for i, row in rows.iterrows():
+            is_chosen, is_paper = matches(row, chosen), matches(row, paper)
+            ax.bar(i, row["best val_mAP"], color=method.colour, alpha=1.0 if is_chosen else 0.35,
+                   hatch="//" if is_paper else None, edgecolor="0.2" if is_paper else None)
+            ax.text(i, row["best val_mAP"], f"{row['best val_mAP']:.3f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(rows["margins"], rotation=35, ha="right", fontsize=8)
+        ax.set_title(method.label)
+        ax.set_ylim(0, min(1.0, float(tuning["best val_mAP"].max()) + 0.12))  # bars start at zero
+    axes[0].set_ylabel("best validation mAP (trapezoid)")
+    from matplotlib.patches import Patch
+    axes[-1].legend(handles=[Patch(facecolor="0.5", label="chosen (highest)"),
+                             Patch(facecolor="0.5", alpha=0.35, label="other settings"),
+                             Patch(facecolor="white", edgecolor="0.2", hatch="//", label="the paper's margins")],
+                    fontsize=8, loc="lower right", framealpha=0.95)
     return fig

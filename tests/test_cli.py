@@ -159,7 +159,8 @@ def test_evaluate_writes_the_metrics_of_the_cached_run(world):
     query_emb, db_emb = evaluation.embed_split(run.model, split, profile(), progress=False)
     expected = metrics.evaluate(query_emb, db_emb, split.ground_truth)
     assert summary["metrics"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert set(expected) == {"mAP (trapezoid)", "mAP (standard)", "R@1", "R@2", "R@4", "R@8", "R@16", "R@32"}
+    assert set(expected) == {"mAP (trapezoid)", "mAP (standard)", "R@1", "R@2", "R@4", "R@8", "R@16", "R@32",
+                             "MAP@R", "R-Precision", "P@1"}
     assert 0 < expected["mAP (trapezoid)"] < 1
     written = pd.read_csv(out / "evaluate.csv").iloc[0]
     assert written["name"] == "double (random init)"

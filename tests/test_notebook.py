@@ -46,3 +46,40 @@ def test_finalize_merges_streams_and_keeps_final_lines(tmp_path):
     assert "".join(outputs[0]["text"]) == "bar: 100%| 2/2\nresult 42\n"
     assert "".join(outputs[2]["text"]) == "warning\n"
     assert notebook.finalize(path) == 0                  # nothing left to collapse
+
+
+# --------------------------------------------------------------------------- make verify
+
+def _book(tmp_path, name, cells):
+    """A notebook file whose code cells have ``(source, [output texts])``."""
+    book = {"cells": [{"cell_type": "code", "source": source, "metadata": {}, "execution_count": 1,
+                       "outputs": [{"output_type": "stream", "name": "stdout", "text": text} for text in texts]}
+                      for source, texts in cells], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / name
+    path.write_text(json.dumps(book), encoding="utf-8")
+    return path
+
+
+def test_verify_masks_timings_but_not_results():
+    from helpers import verify
+
+    assert verify.normalise("trained in 12.3 s, 4 min; 83 ms") == verify.normalise("trained in 9.1 s, 7 min; 2 ms")
+    assert verify.normalise("epoch 3: 100%|####| 5/5 [00:12<00:00, 2.31batch/s]") == \
+        verify.normalise("epoch 3: 100%|####| 5/5 [00:40<00:00, 0.71batch/s]")
+    assert verify.normalise("from cache: True") == verify.normalise("from cache: False")
+    assert verify.normalise("test mAP 0.556") != verify.normalise("test mAP 0.557")
+    assert verify.normalise("15 epochs") != verify.normalise("14 epochs")
+
+
+def test_verify_reports_the_cells_whose_text_differs(tmp_path):
+    from helpers import verify
+
+    committed = _book(tmp_path, "a.ipynb", [("x = 1", ["mAP 0.500 in 3.2 s\n"]), ("# verify: skip\nbench()", ["9 QPS\n"]),
+                                            ("y", ["R@1 0.70\n"])])
+    same = _book(tmp_path, "b.ipynb", [("x = 1", ["mAP 0.500 in 7.9 s\n"]), ("# verify: skip\nbench()", ["3 QPS\n"]),
+                                       ("y", ["R@1 0.70\n"])])
+    other = _book(tmp_path, "c.ipynb", [("x = 1", ["mAP 0.501 in 3.2 s\n"]), ("# verify: skip\nbench()", ["9 QPS\n"]),
+                                        ("y", ["R@1 0.70\n"])])
+    assert verify.compare(committed, same) == []
+    report = verify.compare(committed, other)
+    assert len(report) == 1 and "cell 0" in report[0] and "-mAP 0.500" in report[0] and "+mAP 0.501" in report[0]
