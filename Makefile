@@ -47,7 +47,7 @@ lab: setup
 	$(PY) -m jupyter lab notebooks/
 
 # make results: the fair comparison (tuning, seeds, test) behind notebooks 03-04, written to results/
-# (about an hour at the tutorial profile from an empty cache; cached runs are loaded, not retrained)
+# (80 min at the tutorial profile when last run; cached runs are loaded, not retrained)
 results: data
 	FIREARM_PROFILE=$(PROFILE) $(PY) benchmarks/results_table.py --profile $(PROFILE)
 

@@ -305,9 +305,9 @@ def claim_sentence(claim: str, row: pd.Series, metric: str = "mAP (trapezoid)") 
     reading = {"holds": "**holds**: the whole interval is above zero",
                "reversed": "is **reversed**: the whole interval is below zero",
                "not resolved": "is **not resolved**: the interval contains zero"}[row["verdict"]]
-    return (f"* *{claim}* {reading}. {row['a']} {row['mean a']:.3f} against {row['b']} {row['mean b']:.3f}: "
-            f"paired difference {row['difference']:+.3f}, 95% interval {interval}, "
-            f"{row['a']} ahead in {row['seeds a wins']} seeds ({metric}).")
+    return (f"* *{claim}* {reading}. {metric}: {row['a']} {row['mean a']:.3f} against {row['b']} "
+            f"{row['mean b']:.3f}, paired difference {row['difference']:+.3f}, 95% interval {interval}; "
+            f"{row['a']} ahead in {row['seeds a wins']} seeds.")
 
 
 def stamp_note(table: pd.DataFrame) -> str:

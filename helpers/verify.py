@@ -11,8 +11,9 @@ compared (their bytes depend on the fonts); their captions and tables are.
 
 What legitimately changes from run to run is masked before comparing
 (:func:`normalise`): durations (``12.3 s``, ``4 min``, ``83 ms``), rates
-(``it/s``), memory sizes, progress-bar timings, and the ``from cache``
-flags. A cell whose source starts with ``# verify: skip`` (timing
+(``it/s``), memory sizes, the ``from cache`` flags and remarks, and progress
+bars, which are printed only when the work runs rather than loads from the
+cache. A cell whose source starts with ``# verify: skip`` (timing
 benchmarks) is left out, and the report says so.
 
 By default the notebooks run with an **empty** run cache (``--cache``
@@ -46,11 +47,16 @@ _MASKS = [
 ]
 
 
+_PROGRESS_LINE = re.compile(r"\d+%\|")
+"""A progress bar's line (``epoch 3:  60%|###   | 6/10 [...]``): present only when the work ran, not when cached."""
+
+
 def normalise(text: str) -> str:
-    """``text`` with durations, rates, sizes and booleans masked, and trailing spaces dropped."""
+    """``text`` without progress-bar lines and cache remarks, durations, rates, sizes and booleans masked."""
+    text = text.replace(" (loaded from cache)", "")
     for pattern, replacement in _MASKS:
         text = pattern.sub(replacement, text)
-    return "\n".join(line.rstrip() for line in text.splitlines())
+    return "\n".join(line.rstrip() for line in text.splitlines() if not _PROGRESS_LINE.search(line) and line.strip())
 
 
 def _output_text(output: dict) -> str:
