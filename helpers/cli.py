@@ -81,18 +81,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _nonnegative_float(text: str) -> float:
-    value = _converted(text, float, "a number >= 0")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+def _finite_float(text: str, zero_allowed: bool) -> float:
+    """A finite number above 0 (or at least 0 when ``zero_allowed``), else an argparse error."""
+    bound = ">= 0" if zero_allowed else "> 0"
+    value = _converted(text, float, f"a number {bound}")
+    if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
     return value
+
+
+def _nonnegative_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=True)
 
 
 def _positive_float(text: str) -> float:
-    value = _converted(text, float, "a number > 0")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return _finite_float(text, zero_allowed=False)
 
 
 def _refine_factor(text: str) -> float:
