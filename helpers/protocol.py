@@ -77,6 +77,12 @@ def _margin_overrides(loss: str, margins: dict) -> dict:
     return {methods.get(loss).margin_fields[k]: float(v) for k, v in margins.items()}
 
 
+def _margin_label(loss: str, profile: config.Profile) -> str:
+    """``loss``'s margins in ``profile`` as a label: ``"m1 = 0.4, m2 = 1.2"``."""
+    method = methods.get(loss)
+    return method.describe_margins(method.margins(profile))
+
+
 def _run_summary(run) -> dict:
     """Epochs trained, the best validation epoch and score, and the wall time of a run."""
     epochs = run.epochs
@@ -162,7 +168,7 @@ def seed_rows(release, seed: int, profile, *, progress: bool = True) -> list[dic
         init = "imagenet" if stage == "one-stage" else stage1
         run = train.train_retrieval(release, loss, init=init, profile=profile, seed=seed, progress=False)
         trained[model_name(loss, stage)] = run
-        extra = {"margins": methods.get(loss).describe_margins(methods.get(loss).margins(profile)),
+        extra = {"margins": _margin_label(loss, profile),
                  "images seen": images_seen(run, release, profile)
                  + (stage1_row["images seen"] if stage == "two-stage" else 0),
                  **_run_summary(run)}
@@ -171,7 +177,7 @@ def seed_rows(release, seed: int, profile, *, progress: bool = True) -> list[dic
     matched = train.train_retrieval(release, "double", init="imagenet", profile=profile, seed=seed, progress=False,
                                     ret_epochs=epochs, ret_lr_step=max(1, epochs // 2), ret_patience=None)
     rows.append(_score(MATCHED, seed, matched.model, release, profile,
-                       {"margins": methods.get("double").describe_margins(methods.get("double").margins(profile)),
+                       {"margins": _margin_label("double", profile),
                         "images seen": images_seen(matched, release, profile), **_run_summary(matched)}))
     rows.append(_score("ImageNet features only", seed, evaluation.untrained_model(profile, seed=seed), release,
                        profile))
