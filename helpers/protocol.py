@@ -266,6 +266,23 @@ def read_results(profile=None, folder: Path = RESULTS_DIR) -> dict[str, pd.DataF
     return tables
 
 
+def committed_rows(comparison: pd.DataFrame, seed: int, models, columns) -> pd.DataFrame:
+    """The committed test rows of ``models`` for one ``seed``: indexed by model, with ``columns`` in that order.
+
+    How a notebook shows a run of the comparison that it does not retrain.
+    Raises ``KeyError`` naming the models (or columns) the table lacks.
+    """
+    rows = comparison[comparison["seed"] == seed].set_index("model")
+    missing = [m for m in models if m not in rows.index]
+    absent = [c for c in columns if c not in rows.columns]
+    if missing or absent:
+        raise KeyError(f"the comparison table has no seed-{seed} rows for {missing} or no columns {absent}; "
+                       "run `make results`")
+    table = rows.loc[list(models), list(columns)]
+    table.index.name = None
+    return table
+
+
 def summary(comparison: pd.DataFrame, columns=None) -> pd.DataFrame:
     """Mean and 95% t-interval half-width over seeds of each model and metric: columns ``(metric, mean|ci)``."""
     columns = list(columns or ["mAP (trapezoid)", "mAP (standard)", *[f"R@{k}" for k in metrics.DEFAULT_KS],

@@ -75,3 +75,15 @@ def test_committed_results_match_the_profile_and_the_methods(name):
     assert expected | {protocol.MATCHED, *protocol.FLOORS} == set(comparison["model"])
     assert (comparison.groupby("model")["seed"].nunique() >= 3).all()
     assert set(tables["imbalance"]["loss"]) == {m.name for m in methods.METHODS.values() if m.is_pair_loss}
+
+
+def test_committed_rows_pick_one_seed_in_the_asked_order_and_name_what_is_missing():
+    comparison = pd.DataFrame({"model": ["a", "b", "a", "b"], "seed": [0, 0, 1, 1],
+                               "mAP (trapezoid)": [0.1, 0.2, 0.3, 0.4], "R@1": [0.5, 0.6, 0.7, 0.8]})
+    rows = protocol.committed_rows(comparison, 1, ["b", "a"], ["R@1", "mAP (trapezoid)"])
+    assert list(rows.index) == ["b", "a"] and list(rows.columns) == ["R@1", "mAP (trapezoid)"]
+    assert rows.loc["a", "mAP (trapezoid)"] == 0.3 and rows.loc["b", "R@1"] == 0.8
+    with pytest.raises(KeyError, match=r"\['c'\]"):
+        protocol.committed_rows(comparison, 0, ["a", "c"], ["R@1"])
+    with pytest.raises(KeyError, match="P@1"):
+        protocol.committed_rows(comparison, 0, ["a"], ["P@1"])
