@@ -6,7 +6,8 @@ profile's network sees them (images, or cached frozen-trunk maps);
 the paper's metrics, with a column of the relative change of mAP against a
 baseline row. Two controls say what a score
 means: :func:`chance_levels` of every metric (random rankings) and :func:`background_only_split`
-(the same images without their firearms).
+(the same images without their firearms). :func:`training_sample` gives
+the evaluation inputs of a seeded sample of training images.
 """
 from __future__ import annotations
 
@@ -31,6 +32,20 @@ def embed_split(model: nn.Module, split, profile=None, progress: bool = True) ->
                                            batch_size=profile.eval_batch_size, progress=progress)
                  for paths, labels in ((split.queries, split.query_labels),
                                        (split.database, split.database_labels)))
+
+
+def training_sample(images, profile=None, size: int = 1024, seed: int = config.DEFAULT_SEED, progress: bool = True):
+    """Evaluation inputs of a seeded sample of ``size`` images of a training list (all of them when fewer).
+
+    What the PCA of notebook 04 is fitted on and what notebook 06 models its
+    distractors on: the training images as the evaluation transform shows
+    them, in their list order. The same ``seed`` gives the same sample.
+    """
+    profile = config.get_profile(profile)
+    n = len(images.paths)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    labels = np.asarray(images.labels)[rows]
+    return features.eval_inputs([images.paths[i] for i in rows], labels, profile, progress)
 
 
 def untrained_model(profile=None, seed: int = config.DEFAULT_SEED) -> nn.Module:
