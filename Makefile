@@ -27,12 +27,12 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 data: setup
-	FIREARM_PROFILE=$(PROFILE) $(PY) -c "from helpers import data; print(data.load_active_release())"
+	FIREARM_PROFILE=$(PROFILE) $(PY) -c "from helpers import config, data; print(data.load_active_release(config.active_profile()))"
 
 run: data
 	FIREARM_PROFILE=$(PROFILE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=3600 $(NOTEBOOKS)
-	$(PY) -m helpers.notebook $(NOTEBOOKS)
+	$(PY) -m helpers.machinery.finish $(NOTEBOOKS)
 	$(VENV)/bin/nbstripout --keep-output --keep-count $(NOTEBOOKS)
 
 unit: setup
@@ -54,7 +54,7 @@ results: data
 # make verify: re-execute every notebook from an empty run cache into a temporary folder and diff
 # its text outputs with the committed ones (timings masked); as long as make run
 verify: data
-	FIREARM_PROFILE=$(PROFILE) $(PY) -m helpers.verify $(NOTEBOOKS)
+	FIREARM_PROFILE=$(PROFILE) $(PY) -m helpers.machinery.verify $(NOTEBOOKS)
 
 # make bench: every benchmark at the smoke profile (a quick check that they run);
 # make bench PROFILE=tutorial: at full size (long)

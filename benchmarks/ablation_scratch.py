@@ -28,12 +28,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="CSV to write (default: results/ablation_scratch.csv at the repo root)")
     args = parser.parse_args()
-    from helpers import config, data, evaluation, metrics, runs, train
+    from helpers import config, data, evaluation, metrics
+    from helpers.machinery import runs
 
     start = time.perf_counter()
-    profile = config.get_profile()
+    profile = config.active_profile()
     release = data.load_active_release(profile, seed=config.DEFAULT_SEED)
-    scratch = config.get_profile(profile, backbone="small", weights=None, cut=None, optimizer="adam", lr=1e-3)
+    scratch = config.get_profile(profile, backbone="small", weights=None, cut=None, optimizer="adam", ret_lr=1e-3)
     rows = []
     split = release.test
 
@@ -43,10 +44,10 @@ def main() -> None:
                      metrics.mean_average_precision(q, d, split.ground_truth)[0], "training s": train_s})
         print(f"{name:45s} {rows[-1]['test mAP (trapezoid)']:.3f}", flush=True)
 
-    score("ImageNet features, no training", evaluation.untrained_model(profile), profile, 0.0)
-    pretrained = train.train_retrieval(release, "double", init="imagenet", profile=profile)
+    score("ImageNet features, no training", runs.untrained_model(profile), profile, 0.0)
+    pretrained = runs.train_retrieval(release, "double", "imagenet", profile)
     score("double margin, one-stage from ImageNet", pretrained.model, profile, pretrained.wall_time)
-    from_scratch = train.train_retrieval(release, "double", init="random", profile=scratch)
+    from_scratch = runs.train_retrieval(release, "double", "random", scratch)
     score("double margin, one-stage from random weights", from_scratch.model, scratch, from_scratch.wall_time)
     rows.append({"model": "random ranking", "backbone": "", "training s": 0.0,
                  "test mAP (trapezoid)": evaluation.random_ranking_map(split)})

@@ -48,7 +48,7 @@ def main() -> None:
     profile = config.get_profile("tutorial", backbone="small", weights=None, cut=None)  # images, not cached maps
     size = args.size or profile.eval_size
     config.seed_everything(0)
-    model = models.build_embedding_net(profile).eval()
+    model = models.build_network(models.ModelSpec.of(profile)).eval()
     images = torch.randn(args.images, 3, size, size, generator=torch.Generator().manual_seed(0))
     dataset = TensorDataset(images, torch.zeros(args.images, dtype=torch.int64))
 

@@ -140,9 +140,11 @@ def bench_training(batch: int, min_seconds: float, train_cuts, **_) -> None:
 
 def bench_caching(**_) -> None:
     """(d) Time to cache the active profile's frozen features from scratch (a temporary cache)."""
-    from helpers import data, features
+    from helpers import data, models
+    from helpers.machinery import features, runs
 
-    profile = config.get_profile()
+    profile = config.active_profile()
+    network = models.build_network(models.ModelSpec.of(profile))
     release = data.load_active_release(profile, progress=False)
     evaluated = [p for split in (release.validation, release.test) for p in split.queries + split.database]
     print(f"(d) caching the {profile.name} profile's frozen features (cut {profile.cut}, "
@@ -154,7 +156,11 @@ def bench_caching(**_) -> None:
             for kind, paths, views in (("train", release.retrieval_train.paths, profile.feature_views),
                                        ("eval", evaluated, 1)):
                 began = time.perf_counter()
-                features.cached_maps(paths, profile, kind, progress=False)
+                if kind == "train":
+                    features.train_view_maps(network, paths, profile.train_size_range, views, progress=False)
+                else:
+                    runs.eval_inputs(features.with_cached_frozen(network), paths, [0] * len(paths), profile,
+                                     progress=False)
                 seconds = time.perf_counter() - began
                 print(f"    {kind:5s}: {len(paths) * views:6d} maps in {seconds:6.1f} s "
                       f"({len(paths) * views / seconds:5.1f} maps/s, decoding included)")

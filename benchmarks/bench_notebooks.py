@@ -76,7 +76,7 @@ def main() -> int:
             env.pop("MPLBACKEND", None)  # the notebooks need the inline backend
             if not args.keep_cache:
                 env["FIREARM_CACHE"] = str(Path(tmp) / "cache")
-            subprocess.run([sys.executable, "-c", "from helpers import data; data.load_active_release()"],
+            subprocess.run([sys.executable, "-c", "from helpers import config, data; data.load_active_release(config.active_profile())"],
                            env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
             for nb in NOTEBOOKS:
                 wall, peak, code = run_notebook(nb, env, Path(tmp))

@@ -33,8 +33,8 @@ from helpers import config, losses, models  # noqa: E402
 def make_model_and_optimizer(profile: config.Profile):
     """The tutorial network and its SGD optimiser, seeded."""
     config.seed_everything(0)
-    model = models.build_embedding_net(profile).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=profile.lr, momentum=profile.momentum,
+    model = models.build_network(models.ModelSpec.of(profile)).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=profile.ret_lr, momentum=profile.momentum,
                                 weight_decay=profile.weight_decay)
     return model, optimizer
 

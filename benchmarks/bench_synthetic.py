@@ -24,11 +24,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def measure(profile: str, workers: int) -> dict:
     """Generate one release in a temporary folder and return its measurements."""
     sys.path.insert(0, str(REPO_ROOT))
-    from helpers import synthetic
+    from helpers import config, synthetic
 
     with tempfile.TemporaryDirectory(prefix="bench-synthetic-") as tmp:
         start = time.perf_counter()
-        root = synthetic.make_synthetic_release(Path(tmp) / profile, profile, seed=0, progress=False,
+        root = synthetic.make_synthetic_release(Path(tmp) / profile, config.get_profile(profile), seed=0, progress=False,
                                                 workers=workers)
         wall = time.perf_counter() - start
         metadata = synthetic.read_metadata(root)

@@ -27,12 +27,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    from helpers import config, data, evaluation, metrics, train
+    from helpers import config, data, evaluation, metrics
+    from helpers.machinery import runs
 
     rows = []
     start = time.perf_counter()
     for size in args.sizes:
-        profile = config.get_profile(None, render_size=size, eval_size=size,
+        profile = config.active_profile(render_size=size, eval_size=size,
                                      train_size_range=(size * 7 // 8, size), ret_epochs=args.epochs,
                                      ret_lr_step=args.epochs)
         began = time.perf_counter()
@@ -41,12 +42,12 @@ def main() -> None:
         split = release.validation
 
         began = time.perf_counter()
-        q, d = evaluation.embed_split(evaluation.untrained_model(profile), split, profile, progress=False)
+        q, d = evaluation.embed_split(runs.untrained_model(profile), split, profile, progress=False)
         floor = metrics.mean_average_precision(q, d, split.ground_truth)[0]
         eval_cache_s = time.perf_counter() - began
 
         began = time.perf_counter()
-        run = train.train_retrieval(release, "double", init="imagenet", profile=profile, progress=False)
+        run = runs.train_retrieval(release, "double", "imagenet", profile, progress=False)
         train_s = time.perf_counter() - began
 
         with tempfile.TemporaryDirectory() as folder:
@@ -55,12 +56,12 @@ def main() -> None:
                                                                                 progress=False),
                                                         split.ground_truth)[0]
         rows.append({"size": size, "ImageNet features": floor,
-                     "one-stage double": float(run.epochs["val_mAP"].iloc[-1]),
+                     "one-stage double": run.best_score,
                      "background only": background, "random ranking": evaluation.random_ranking_map(split),
                      "render s": render_s, "eval features s": eval_cache_s,
                      "train features + training s": train_s})
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
-    print(f"\nvalidation mAP (trapezoid), profile {config.get_profile().name} at each size, one-stage double margin "
+    print(f"\nvalidation mAP (trapezoid), profile {config.active_profile().name} at each size, one-stage double margin "
           f"{args.epochs} epochs from ImageNet")
     print(pd.DataFrame(rows).set_index("size").round(3).to_string())
     print(f"\nwall time {time.perf_counter() - start:.0f} s, peak memory "

@@ -2,8 +2,9 @@
 
 Usage: python benchmarks/results_table.py [--profile tutorial] [--seeds 0 1 2] [--out results]
 
-``make results`` runs it at the tutorial profile. It follows
-:mod:`helpers.protocol`: six margin settings per loss trained from the seed-0
+``make results`` runs it at the tutorial profile. It resolves the profile
+(the one place here that does) and follows
+:mod:`helpers.machinery.protocol`: six margin settings per loss trained from the seed-0
 stage-1 classifier and scored on the validation split; then, at the chosen
 margins and for every seed, the three losses one-stage and two-stage, a
 compute-matched one-stage double margin run and the floors, scored on the
@@ -18,7 +19,6 @@ the paper's claims, with the wall time and peak memory.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 from pathlib import Path
@@ -31,17 +31,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder of the CSV files (default: results/)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    if args.profile:
-        os.environ["FIREARM_PROFILE"] = args.profile
     import pandas as pd
 
-    from helpers import config, data, protocol
+    from helpers import config, data, report
+    from helpers.machinery import protocol
 
-    profile = config.get_profile()
+    profile = config.get_profile(args.profile) if args.profile else config.active_profile()
     began = time.perf_counter()
     release = data.load_active_release(profile, seed=config.DEFAULT_SEED, progress=False)
     tables = protocol.run_protocol(release, profile, seeds=tuple(args.seeds), progress=not args.no_progress)
-    paths = protocol.write_results(tables, args.out or protocol.RESULTS_DIR)
+    paths = protocol.write_results(tables, args.out or report.RESULTS_DIR)
     wall = time.perf_counter() - began
 
     pd.set_option("display.width", 200)
@@ -51,12 +50,12 @@ def main() -> None:
     print("\nTuning (validation mAP at the best epoch, seed 0, two-stage):")
     print(tuning[["loss", "margins", "best val_mAP", "best epoch", "epochs trained", "train s"]].round(4)
           .to_string(index=False))
-    print("\nChosen margins:", protocol.chosen_margins(tuning))
-    table = protocol.summary(tables["comparison"], ["mAP (trapezoid)", "mAP (standard)", "R@1", "MAP@R"])
+    print("\nChosen margins:", report.chosen_margins(tuning))
+    table = report.summary(tables["comparison"], ["mAP (trapezoid)", "mAP (standard)", "R@1", "MAP@R"])
     print("\nTest split, mean and 95% interval over seeds:")
     print(table.round(4).to_string())
     print("\nThe paper's claims (paired over seeds, trapezoid mAP):")
-    print(protocol.claims(tables["comparison"]).round(4).to_string())
+    print(report.claims(tables["comparison"]).round(4).to_string())
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     print(f"wall time {wall:.0f} s ({wall / 60:.1f} min), peak memory {peak_gb:.2f} GB")

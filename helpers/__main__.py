@@ -1,5 +1,5 @@
-"""``python -m helpers``: the command line of :mod:`helpers.cli`."""
-from .cli import main
+"""``python -m helpers``: the command line of :mod:`helpers.machinery.cli`."""
+from .machinery.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,8 +1,10 @@
 """Profiles, paths, seeding and device choice.
 
-Everything that depends on the
-profile reads it through :func:`get_profile`, which looks at the
-``FIREARM_PROFILE`` environment variable in exactly one place.
+A :class:`Profile` holds every size and schedule of a run. It is resolved
+once, at the edge (a notebook's first cell, the command line, ``make
+results``), by :func:`active_profile`, the one reader of the
+``FIREARM_PROFILE`` environment variable; everything below receives the
+resolved profile, or the values it uses.
 """
 from __future__ import annotations
 
@@ -20,10 +22,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DATA_DIR = REPO_ROOT / "data"
 CACHE_ENV = "FIREARM_CACHE"
-CACHE_DIR = Path(os.environ.get(CACHE_ENV) or REPO_ROOT / "cache")
+
+
+def _folder_from_env(variable: str, default: Path) -> Path:
+    """``$variable`` as a folder (relative values are taken from the repository root), else ``default``."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+CACHE_DIR = _folder_from_env(CACHE_ENV, REPO_ROOT / "cache")
 """Trained runs are cached here; ``FIREARM_CACHE`` moves it (benchmarks use a fresh one)."""
 FIGURES_ENV = "FIREARM_FIGURES"
-FIGURES_DIR = Path(os.environ.get(FIGURES_ENV) or REPO_ROOT / "figures")
+FIGURES_DIR = _folder_from_env(FIGURES_ENV, REPO_ROOT / "figures")
 """Saved figures go here; ``FIREARM_FIGURES`` moves them (``make verify`` uses a temporary folder)."""
 DEFAULT_SEED = 0
 PROFILE_ENV = "FIREARM_PROFILE"
@@ -58,8 +71,8 @@ class Profile:
     embedding_dim: int | None              # optional projection; None keeps the backbone width
     # --- optimiser: "sgd" (the paper's, with momentum) or "adam" (CPU profiles, from scratch)
     optimizer: str
-    lr: float                              # from random weights (stage 1, one-stage retrieval)
-    finetune_lr: float                     # stage 2 from trained weights (ImageNet or stage 1)
+    cls_lr: float                          # stage 1 (classification)
+    ret_lr: float                          # stage 2, or one-stage retrieval training, whatever its start
     momentum: float
     weight_decay: float
     # --- stage 1: classification
@@ -94,7 +107,7 @@ PROFILES: dict[str, Profile] = {
         images_per_category=(20, 250), render_size=384, queries_per_category=5,
         train_size_range=(256, 384), eval_size=384,
         backbone="vgg16", weights="imagenet", cut=None, feature_views=0, pooling="mac", embedding_dim=None,
-        optimizer="sgd", lr=1e-3, finetune_lr=1e-3, momentum=0.9, weight_decay=5e-4,
+        optimizer="sgd", cls_lr=1e-3, ret_lr=1e-3, momentum=0.9, weight_decay=5e-4,
         cls_epochs=50, cls_lr_step=30, cls_batch_size=32, cls_patience=None,
         ret_epochs=30, ret_lr_step=10, ret_batch_size=16, ret_patience=None,
         pairs_per_category=360, regenerate_every=5,
@@ -107,7 +120,7 @@ PROFILES: dict[str, Profile] = {
         images_per_category=(12, 60), render_size=128, queries_per_category=5,
         train_size_range=(112, 128), eval_size=128,
         backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac", embedding_dim=None,
-        optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
+        optimizer="adam", cls_lr=1e-3, ret_lr=1e-4, momentum=0.9, weight_decay=5e-4,
         cls_epochs=15, cls_lr_step=11, cls_batch_size=64, cls_patience=3,
         ret_epochs=10, ret_lr_step=5, ret_batch_size=64, ret_patience=2,
         pairs_per_category=16, regenerate_every=1,
@@ -120,7 +133,7 @@ PROFILES: dict[str, Profile] = {
         images_per_category=(6, 14), render_size=64, queries_per_category=2,
         train_size_range=(56, 64), eval_size=64,
         backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac",
-        embedding_dim=None, optimizer="adam", lr=1e-3, finetune_lr=1e-4, momentum=0.9, weight_decay=5e-4,
+        embedding_dim=None, optimizer="adam", cls_lr=1e-3, ret_lr=1e-4, momentum=0.9, weight_decay=5e-4,
         cls_epochs=2, cls_lr_step=1, cls_batch_size=32, cls_patience=None,
         ret_epochs=2, ret_lr_step=1, ret_batch_size=32, ret_patience=1,
         pairs_per_category=16, regenerate_every=1,
@@ -130,37 +143,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def profile_name() -> str:
-    """The active profile's name, read from ``FIREARM_PROFILE`` (default ``tutorial``).
+def get_profile(profile: "Profile | str", **overrides) -> Profile:
+    """A :class:`Profile` from a name of :data:`PROFILES` or a Profile, with keyword ``overrides``.
 
-    This is the only place the variable is read.
+    ``get_profile("smoke", ret_epochs=3)`` is the smoke profile with one
+    field changed. A :class:`Profile` is taken as it is, so overrides made
+    earlier are kept. Unknown fields raise a ``TypeError``.
     """
-    name = os.environ.get(PROFILE_ENV, "tutorial").strip().lower() or "tutorial"
-    if name not in PROFILES:
-        raise ValueError(
-            f"{PROFILE_ENV}={name!r} is not a known profile; expected one of {sorted(PROFILES)}"
-        )
-    return name
-
-
-def get_profile(profile: "Profile | str | None" = None, **overrides) -> Profile:
-    """The one profile resolver: a :class:`Profile` from a Profile, a name or ``None``, plus overrides.
-
-    ``None`` means the active profile (``FIREARM_PROFILE``); a name picks one of
-    :data:`PROFILES`; a :class:`Profile` is taken as it is, so overrides made
-    earlier are kept. Keyword overrides replace fields:
-    ``get_profile(ret_epochs=3)`` is the active profile with one field changed.
-    Every other module receives the result of this function and never
-    resolves a profile itself.
-    """
-    if profile is None or isinstance(profile, str):
-        name = profile.strip().lower() if isinstance(profile, str) else profile_name()
+    if isinstance(profile, str):
+        name = profile.strip().lower()
         if name not in PROFILES:
-            raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)} "
-                             "or a helpers.config.Profile")
+            raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
         profile = PROFILES[name]
     elif not isinstance(profile, Profile):
-        raise TypeError(f"profile must be a name, a helpers.config.Profile or None, got {type(profile).__name__}")
+        raise TypeError(f"profile must be a name or a helpers.config.Profile, got {type(profile).__name__}")
     if not overrides:
         return profile
     unknown = sorted(set(overrides) - {f.name for f in fields(Profile)})
@@ -169,9 +165,26 @@ def get_profile(profile: "Profile | str | None" = None, **overrides) -> Profile:
     return replace(profile, **overrides)
 
 
+def active_profile(**overrides) -> Profile:
+    """The profile ``FIREARM_PROFILE`` names (default ``tutorial``), with ``overrides``.
+
+    The one place the variable is read; the notebooks and ``make results``
+    call it once, at the top.
+    """
+    name = os.environ.get(PROFILE_ENV, "tutorial").strip().lower() or "tutorial"
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={name!r} is not a known profile; expected one of {sorted(PROFILES)}")
+    return get_profile(name, **overrides)
+
+
 SYNTHETIC_FIELDS = ("n_train_categories", "n_val_categories", "n_test_categories",
                     "images_per_category", "render_size", "queries_per_category")
-"""The profile fields that shape the synthetic release."""
+"""The profile fields that shape the synthetic release (its one list: :mod:`helpers.synthetic` reads it)."""
+
+
+def synthetic_settings(profile: Profile) -> dict:
+    """The profile's :data:`SYNTHETIC_FIELDS` as a dict."""
+    return {name: getattr(profile, name) for name in SYNTHETIC_FIELDS}
 
 
 def synthetic_root(profile: Profile, seed: int = DEFAULT_SEED) -> Path:
@@ -182,9 +195,8 @@ def synthetic_root(profile: Profile, seed: int = DEFAULT_SEED) -> Path:
     a folder of its own, ``<profile>-<hash of those fields>-seed<seed>``, so it
     never overwrites the named profile's release.
     """
-    fields_of = lambda p: {name: getattr(p, name) for name in SYNTHETIC_FIELDS}  # noqa: E731
-    mine = fields_of(profile)
-    if profile.name in PROFILES and mine == fields_of(PROFILES[profile.name]):
+    mine = synthetic_settings(profile)
+    if profile.name in PROFILES and mine == synthetic_settings(PROFILES[profile.name]):
         return DATA_DIR / "synthetic" / f"{profile.name}-seed{seed}"
     digest = hashlib.sha1(json.dumps(mine, sort_keys=True).encode("utf-8")).hexdigest()[:8]
     return DATA_DIR / "synthetic" / f"{profile.name}-{digest}-seed{seed}"
@@ -205,10 +217,7 @@ def real_data_root() -> Path | None:
 
 
 def cache_dir(*parts: str) -> Path:
-    """A folder under the gitignored ``cache/`` (created on demand).
-
-    The load-or-train cache lives here.
-    """
+    """A folder under the gitignored ``cache/`` (created on demand): the run and feature caches live here."""
     path = CACHE_DIR.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -45,18 +45,6 @@ from .layout import (DATABASE_DIR, DATASET_DIR, IMAGE_EXTENSIONS, QUERY_INFO_DIR
 from .progress import bar as tqdm
 from .synthetic import make_synthetic_release  # also offered here as data.make_synthetic_release
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""torchvision's ImageNet statistics, which its pretrained networks (and the ``small`` CNN) expect."""
-LITE0_MEAN = (127 / 255,) * 3
-LITE0_STD = (128 / 255,) * 3
-"""EfficientNet-Lite0's input scaling, ``(x * 255 - 127) / 128`` (see :mod:`helpers.imagenet`)."""
-
-
-def normalization(profile: config.Profile) -> tuple[tuple, tuple]:
-    """``(mean, std)`` that the profile's backbone expects its [0, 1] RGB inputs normalised with."""
-    return (LITE0_MEAN, LITE0_STD) if profile.backbone == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
-
 _IGNORED_FOLDERS = {"__MACOSX"}
 _SHOW = 5  # how many offending names an error or warning lists
 
@@ -143,7 +131,7 @@ class RetrievalSplit:
 
     @property
     def n_groups(self) -> int:
-        """How many groups (unseen categories) the ground truth defines (``01_dataset_exploration``)."""
+        """How many groups (unseen categories) the ground truth defines."""
         return int(self.query_labels.max()) + 1 if len(self.query_labels) else 0
 
 
@@ -166,19 +154,6 @@ class FirearmRelease:
     retrieval_train: ImageList
     validation: RetrievalSplit
     test: RetrievalSplit
-
-    def summary(self) -> pd.DataFrame:
-        """One row per part of the release: images, categories (or groups) and queries."""
-        rows = []
-        for name, images in [("classification train", self.classification_train),
-                             ("classification val", self.classification_val),
-                             ("retrieval train", self.retrieval_train)]:
-            rows.append({"part": name, "images": len(images),
-                         "categories": int((images.counts() > 0).sum()), "queries": 0})
-        for split in (self.validation, self.test):
-            rows.append({"part": f"{split.name} database", "images": len(split.database),
-                         "categories": split.n_groups, "queries": len(split.queries)})
-        return pd.DataFrame(rows).set_index("part")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,13 +412,13 @@ def load_firearm_release(root, val_fraction: float = 0.3, split_seed: int = 0) -
     )
 
 
-def load_active_release(profile=None, seed: int = config.DEFAULT_SEED,
+def load_active_release(profile: config.Profile, seed: int = config.DEFAULT_SEED,
                         progress: bool = True) -> FirearmRelease:
     """The release the notebooks use: the real Firearm 14k if ``FIREARM_DATA`` is set, else synthetic.
 
     With ``FIREARM_DATA`` set, its
-    folder must exist. Otherwise the synthetic release of ``profile`` (default:
-    the active one) and ``seed`` lives under ``data/synthetic/``:
+    folder must exist. Otherwise the synthetic release of ``profile`` and
+    ``seed`` lives under ``data/synthetic/``:
     :func:`make_synthetic_release` renders it on first use (and again only if
     the generator or the profile's data settings changed), then it is loaded.
     """
@@ -452,7 +427,6 @@ def load_active_release(profile=None, seed: int = config.DEFAULT_SEED,
         _require_dir(real_root, f"the Firearm 14k release (set by {config.DATA_ENV}) holding "
                                 f"{TRAIN_VAL_DIR}/ and {DATASET_DIR}/")
         return load_firearm_release(real_root)
-    profile = config.get_profile(profile)
     root = config.synthetic_root(profile, seed)
     return load_firearm_release(make_synthetic_release(root, profile=profile, seed=seed, progress=progress))
 
@@ -624,7 +598,7 @@ class ContrastSaturationJitter(torch.nn.Module):
         self.strength = float(strength)
 
     def draw(self) -> tuple[float, float, bool]:
-        """Random ``(contrast, saturation, contrast_first)`` from torch's RNG (``03_loss_comparison``)."""
+        """Random ``(contrast, saturation, contrast_first)`` from torch's RNG."""
         contrast, saturation = torch.empty(2).uniform_(1 - self.strength, 1 + self.strength).tolist()
         return contrast, saturation, bool(torch.rand(()) < 0.5)
 
@@ -651,56 +625,42 @@ class CanvasCompose(v2.Compose):
         self.canvas_size = int(canvas_size)
 
 
-def train_transform(profile=None) -> CanvasCompose:
-    """The paper's training augmentation, scaled by ``profile`` (uint8 CHW -> float CHW).
+def train_transform(size_range: tuple[int, int], mean, std) -> CanvasCompose:
+    """The paper's training augmentation (uint8 CHW -> float CHW).
 
-    Longest side resized at random into
-    ``profile.train_size_range`` (paper: 256-384), horizontal flip, rotation
-    within +-5 degrees, contrast and saturation jitter of 0.5, ImageNet
-    normalisation, then zero padding (centred) to a square canvas of side
-    ``train_size_range[1]``. The rotation runs after normalisation, so the
-    corners it brings in are 0 (the ImageNet mean colour) like the padding,
-    and the jitter never touches them.
+    Longest side resized at random into ``size_range`` (paper: 256-384),
+    horizontal flip, rotation within +-5 degrees, contrast and saturation
+    jitter of 0.5, normalisation with the backbone's ``mean`` and ``std``
+    (:func:`helpers.models.input_normalization`), then zero padding (centred)
+    to a square canvas of side ``size_range[1]``. The rotation runs after
+    normalisation, so the corners it brings in are 0 (the mean colour) like
+    the padding, and the jitter never touches them.
     """
-    profile = config.get_profile(profile)
-    low, high = profile.train_size_range
+    low, high = size_range
     return CanvasCompose([
         RandomLongestSide(low, high),
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomHorizontalFlip(),
         ContrastSaturationJitter(0.5),
-        v2.Normalize(*normalization(profile)),
+        v2.Normalize(mean, std),
         v2.RandomRotation(5, interpolation=v2.InterpolationMode.BILINEAR, fill=None),
         PadToCanvas(high),
     ], canvas_size=high)
 
 
-def eval_transform(profile=None) -> CanvasCompose:
-    """The paper's evaluation transform: longest side to ``profile.eval_size``, no crop.
+def eval_transform(size: int, mean, std) -> CanvasCompose:
+    """The paper's evaluation transform: longest side to ``size``, no crop. Deterministic.
 
-    Resizes (up or down) so the longest
-    side is ``eval_size``, normalises with the ImageNet statistics and
-    zero-pads (centred) to ``eval_size`` x ``eval_size``. Deterministic.
+    Resizes (up or down) so the longest side is ``size``, normalises with
+    the backbone's ``mean`` and ``std`` and zero-pads (centred) to ``size``
+    x ``size``.
     """
-    profile = config.get_profile(profile)
-    size = profile.eval_size
     return CanvasCompose([
         v2.Resize(size=None, max_size=size, antialias=True),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(*normalization(profile)),
+        v2.Normalize(mean, std),
         PadToCanvas(size),
     ], canvas_size=size)
-
-
-def denormalize(images: torch.Tensor, profile=None) -> torch.Tensor:
-    """Undo the profile's normalisation: float images (CHW or NCHW) back to [0, 1] for display.
-
-    Padding comes back as the mean colour (grey).
-    """
-    mean, std = normalization(config.get_profile(profile))
-    mean = torch.tensor(mean, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    std = torch.tensor(std, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    return (images * std + mean).clamp(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -759,15 +719,6 @@ class ImageDataset(torch.utils.data.Dataset):
         view.transform = transform
         return view
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Transformed images at ``indices`` stacked into ``(N, C, H, W)``, with their labels.
-
-        For pair and triplet batches drawn by the samplers.
-        """
-        items = [self[int(i)] for i in np.asarray(indices).reshape(-1)]
-        return (torch.stack([image for image, _ in items]),
-                torch.as_tensor([label for _, label in items], dtype=torch.int64))
-
 
 _DECODED: "OrderedDict[tuple, ImageDataset]" = OrderedDict()
 DECODED_CACHE_SIZE = 8
@@ -794,19 +745,17 @@ def decoded_dataset(paths, labels, transform, progress: bool = True) -> ImageDat
     return _DECODED[key].with_transform(transform)
 
 
-def eval_dataset(paths, labels, profile=None, progress: bool = True) -> ImageDataset:
-    """Images through the evaluation transform of ``profile``, decoded once per process.
+def eval_dataset(paths, labels, transform, progress: bool = True) -> ImageDataset:
+    """Images through an evaluation ``transform``, decoded once per process (:func:`decoded_dataset`).
 
     Unreadable images would shift the ground-truth positions, so they raise
     here instead of being skipped.
     """
-    profile = config.get_profile(profile)
-    dataset = decoded_dataset(list(paths), np.asarray(labels), eval_transform(profile), progress)
+    dataset = decoded_dataset(list(paths), np.asarray(labels), transform, progress)
     if len(dataset) != len(paths):
         raise ValueError(f"{len(paths) - len(dataset)} image(s) could not be decoded; evaluation needs "
                          "every one of them (see the warning that lists them)")
     return dataset
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -944,44 +893,6 @@ class TripletSampler:
         negative = index.draw(rng, index.draw_other_category(rng, category))
         order = rng.permutation(len(anchor))
         return anchor[order], positive[order], negative[order]
-
-
-class PKBatchSampler(torch.utils.data.Sampler):
-    """Batches of ``p`` categories x ``k`` images, for in-batch pair or triplet mining.
-
-    As an alternative to the paper's
-    fixed pairs. Each batch picks ``p`` distinct categories among those with
-    at least two images, then ``k`` images of each (without replacement when
-    the category has ``k`` or more, else with replacement). An epoch holds
-    ``batches_per_epoch`` batches (default: ``len(labels) // (p * k)``); call
-    :meth:`set_epoch` to draw a new, repeatable, epoch.
-    """
-
-    def __init__(self, labels, p: int, k: int, batches_per_epoch: int | None = None, seed: int = 0):
-        self.index = _CategoryIndex(labels)
-        self.eligible = np.flatnonzero(self.index.counts >= 2)
-        if not 1 <= p <= len(self.eligible) or k < 2:
-            raise ValueError(f"p={p} must lie in [1, {len(self.eligible)}] (categories with >= 2 images) "
-                             f"and k={k} must be >= 2")
-        self.p, self.k, self.seed, self.epoch = int(p), int(k), int(seed), 0
-        self.batches_per_epoch = int(batches_per_epoch or max(1, len(self.index.order) // (p * k)))
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields (``03_loss_comparison``)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        for _ in range(self.batches_per_epoch):
-            batch = []
-            for category in rng.choice(self.eligible, size=self.p, replace=False):
-                count = self.index.counts[category]
-                ranks = rng.choice(count, size=self.k, replace=count < self.k)
-                batch.extend(self.index.member(np.full(self.k, category), ranks).tolist())
-            yield batch
 
 
 def image_sizes(paths) -> pd.DataFrame:

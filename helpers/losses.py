@@ -1,13 +1,15 @@
 """Pair and triplet losses on L2-normalised embeddings.
 
 Every loss is a plain function on
-tensors; the ``nn.Module`` classes at the bottom only store the margins.
+tensors; bind its margins with :func:`functools.partial` where a one-argument
+loss is wanted.
 
 Notation used throughout: ``d = ||x1 - x2||_2`` is the Euclidean distance of
 a pair of embeddings and ``y = 1`` marks a pair of the same category
 (a *positive* pair), ``y = 0`` a pair of different categories (a *negative*
 pair). On L2-normalised embeddings ``d`` lies in ``[0, 2]``, so margins are
-in the same unit.
+in the same unit; on non-negative ones (after ReLU6 and MAC pooling, the
+networks of this series) it lies in ``[0, sqrt(2)]``.
 
 ``reduction`` is one of
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 DISTANCE_EPS = 1e-12
@@ -283,56 +285,3 @@ def triplet_curves(d, y, margin: float = 0.4, other_distance: float = 1.0,
     loss = np.maximum(0.0, np.where(positive, moving - fixed, fixed - moving) + margin)
     slope = 2 * d if squared else np.ones_like(d)
     return loss, np.where(loss > 0, np.where(positive, slope, -slope), 0.0)
-
-
-# --------------------------------------------------------------------------- modules
-class ContrastiveLoss(nn.Module):
-    """``nn.Module`` form of :func:`contrastive_loss`; call it as ``loss(x1, x2, y)``."""
-
-    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
-        super().__init__()
-        self.margin = _check_margin("margin", margin)
-        _check_reduction(reduction)
-        self.reduction = reduction
-
-    def forward(self, x1: Tensor, x2: Tensor, y: Tensor) -> Tensor:
-        return contrastive_loss(x1, x2, y, margin=self.margin, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, reduction={self.reduction!r}"
-
-
-class DoubleMarginContrastiveLoss(nn.Module):
-    """``nn.Module`` form of :func:`double_margin_contrastive_loss`; call it as ``loss(x1, x2, y)``."""
-
-    def __init__(self, pos_margin: float = 0.8, neg_margin: float = 1.2, reduction: str = "mean"):
-        super().__init__()
-        self.pos_margin, self.neg_margin = _check_double_margins(pos_margin, neg_margin)
-        _check_reduction(reduction)
-        self.reduction = reduction
-
-    def forward(self, x1: Tensor, x2: Tensor, y: Tensor) -> Tensor:
-        return double_margin_contrastive_loss(x1, x2, y, pos_margin=self.pos_margin,
-                                              neg_margin=self.neg_margin, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return (f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}, "
-                f"reduction={self.reduction!r}")
-
-
-class TripletLoss(nn.Module):
-    """``nn.Module`` form of :func:`triplet_loss`; call it as ``loss(anchor, positive, negative)``."""
-
-    def __init__(self, margin: float = 0.4, reduction: str = "mean", squared: bool = False):
-        super().__init__()
-        self.margin = _check_margin("margin", margin, allow_zero=True)
-        _check_reduction(reduction)
-        self.reduction = reduction
-        self.squared = bool(squared)
-
-    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
-        return triplet_loss(anchor, positive, negative, margin=self.margin,
-                            reduction=self.reduction, squared=self.squared)
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, reduction={self.reduction!r}, squared={self.squared}"

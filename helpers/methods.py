@@ -4,18 +4,19 @@ A :class:`Method` says everything that differs between the three losses:
 its short name (``single``, ``double``, ``triplet``), its display label, its
 colour in every figure, which profile fields hold its margins, how many
 images one training tuple holds (2 for a pair, 3 for a triplet), its loss and
-its loss-against-distance curves. Training, plots and notebooks read the
-methods from :data:`METHODS`; no other module spells these names.
+its loss-against-distance curves. Training, plots and notebooks look the
+methods up in :data:`METHODS` (:func:`get`) rather than branching on names.
 
 >>> [m.name for m in METHODS.values()]
 ['single', 'double', 'triplet']
->>> get("double").margins(config.get_profile("paper"))
+>>> get("double").margins(config.PROFILES["paper"])
 {'pos_margin': 0.8, 'neg_margin': 1.2}
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from . import config, losses
@@ -49,11 +50,11 @@ class Method:
         """True for the contrastive losses (pairs with a target ``y``), False for the triplet loss."""
         return self.tuple_size == 2
 
-    def margins(self, profile: config.Profile) -> dict:
+    def margins(self, profile) -> dict:
         """The loss's keyword margins read from a resolved profile, e.g. ``{"margin": 1.2}``."""
         return {keyword: getattr(profile, field) for keyword, field in self.margin_fields.items()}
 
-    def distance_margins(self, profile: config.Profile) -> dict:
+    def distance_margins(self, profile) -> dict:
         """Margins that are distances, keyed by symbol, for lines on distance plots: ``{"m1": 0.8, "m2": 1.2}``.
 
         The triplet margin is a gap between two distances, not a distance, so
@@ -64,27 +65,26 @@ class Method:
         symbols = {"margin": "m", "pos_margin": "m1", "neg_margin": "m2"}
         return {symbols[k]: v for k, v in self.margins(profile).items()}
 
+    def per_item_loss(self, margins: dict) -> Callable:
+        """The loss with ``margins`` bound and ``reduction="none"``: one term per pair or triplet."""
+        return partial(self.loss, **margins, reduction="none")
+
     def describe_margins(self, margins: dict) -> str:
         """Margins as a short label: ``"m = 1.2"`` or ``"m1 = 0.8, m2 = 1.2"``."""
         symbols = {"margin": "m", "pos_margin": "m1", "neg_margin": "m2"}
         return ", ".join(f"{symbols[k]} = {v:g}" for k, v in margins.items())
 
 
-# The loss functions are looked up in ``losses`` at call time, so a patched
-# ``losses.<name>`` (as in the tests) is what training uses.
 METHODS: dict[str, Method] = {method.name: method for method in (
     Method(name="single", label="single margin contrastive", colour="#7570b3",
            margin_fields={"margin": "single_margin"}, tuple_size=2,
-           loss=lambda *args, **kwargs: losses.contrastive_loss(*args, **kwargs),
-           curves=lambda d, y, **margins: losses.contrastive_curves(d, y, **margins)),
+           loss=losses.contrastive_loss, curves=losses.contrastive_curves),
     Method(name="double", label="double margin contrastive", colour="#1b9e77",
            margin_fields={"pos_margin": "pos_margin", "neg_margin": "neg_margin"}, tuple_size=2,
-           loss=lambda *args, **kwargs: losses.double_margin_contrastive_loss(*args, **kwargs),
-           curves=lambda d, y, **margins: losses.double_margin_curves(d, y, **margins)),
+           loss=losses.double_margin_contrastive_loss, curves=losses.double_margin_curves),
     Method(name="triplet", label="triplet", colour="#e7298a",
            margin_fields={"margin": "triplet_margin"}, tuple_size=3,
-           loss=lambda *args, **kwargs: losses.triplet_loss(*args, **kwargs),
-           curves=lambda d, y, **margins: losses.triplet_curves(d, y, **margins)),
+           loss=losses.triplet_loss, curves=losses.triplet_curves),
 )}
 """Every method, in the order tables and figures list them."""
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics on embeddings: AP, mAP, Recall@K, the PCA sweep, distance pairs.
+"""Retrieval metrics on embeddings or ranked ids: AP, mAP, Recall@K, the PCA sweep, distance pairs.
 
 Every query is ranked against the
 database by cosine similarity (embeddings are L2-normalised again here, in
@@ -29,13 +29,19 @@ for a query with ``R`` relevant items:
   every query has at least one relevant item).
 
 Everything is vectorised over queries: one similarity matmul and one sort per
-chunk of queries, then only the ranks of the relevant items are used.
-Exactly tied scores are ordered by ``torch.sort(..., stable=True)``, i.e. the
-lower database position comes first.
+chunk of queries, then only the ranks of the relevant items are used
+(:class:`Ranks`). Exactly tied scores are ordered by
+``torch.sort(..., stable=True)``, i.e. the lower database position comes first.
+
+The same metrics are computed from rankings given as database ids, such as a
+FAISS search returns (:mod:`helpers.search`): :func:`evaluate_ids`,
+:func:`mean_average_precision_from_ids` and :func:`recall_at_k_from_ids`. A
+top-k list that leaves relevant items out gives exact Recall@K for K <= k and
+lower bounds of the mAPs.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -77,8 +83,12 @@ def _pair_of_embeddings(query_emb, db_emb) -> tuple[Tensor, Tensor]:
     return queries, database
 
 
-def _ground_truth_keys(ground_truth: Sequence, n_queries: int, n_db: int) -> np.ndarray:
-    """Sorted unique flat keys ``query * n_db + db_position`` of all relevant (query, item) pairs."""
+def _relevant_pairs(ground_truth: Sequence, n_queries: int, n_db: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(query, database position) of every relevant pair, int64 and grouped by query; checks the ground truth.
+
+    One non-empty integer array per query, positions ``0 <= position < n_db``
+    (only ``>= 0`` when ``n_db``, the database size, is ``None``: unknown).
+    """
     if len(ground_truth) != n_queries:
         raise ValueError(f"ground_truth has {len(ground_truth)} entries but there are {n_queries} queries")
     arrays = [np.asarray(g.cpu() if isinstance(g, Tensor) else g).reshape(-1) for g in ground_truth]
@@ -90,13 +100,42 @@ def _ground_truth_keys(ground_truth: Sequence, n_queries: int, n_db: int) -> np.
     positions = np.concatenate(arrays)
     if positions.dtype.kind not in "iu":
         raise ValueError(f"ground truth must hold integer database positions, got dtype {positions.dtype}")
+    positions = positions.astype(np.int64)
     queries = np.repeat(np.arange(n_queries, dtype=np.int64), lengths)
-    bad = (positions < 0) | (positions >= n_db)
+    bad = (positions < 0) if n_db is None else (positions < 0) | (positions >= n_db)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"query {queries[first]} names database position {positions[first]}, "
-                         f"expected 0 <= position < {n_db}")
-    return np.unique(queries * n_db + positions.astype(np.int64))
+        expected = "0 <= position" if n_db is None else f"0 <= position < {n_db}"
+        raise ValueError(f"query {queries[first]} names database position {positions[first]}, expected {expected}")
+    return queries, positions
+
+
+def _check_ks(ks) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty list of integers >= 1, got {ks}")
+    return ks
+
+
+def _check_ids(ids, n_db: int | None) -> np.ndarray:
+    """Ranked database ids (Q, k) as int64, checked: positions ``0 <= id < n_db`` or -1 (no result), no repeats."""
+    ids = np.asarray(ids.cpu() if isinstance(ids, Tensor) else ids)
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
+        raise ValueError(f"ids must be a 2-D integer array (queries, k >= 1), got dtype {ids.dtype} "
+                         f"and shape {ids.shape}")
+    ids = ids.astype(np.int64, copy=False)
+    if n_db is not None:
+        if isinstance(n_db, bool) or not isinstance(n_db, (int, np.integer)) or n_db < 1:
+            raise ValueError(f"n_db must be an integer >= 1, got {n_db!r}")
+        if ids.shape[1] > n_db:
+            raise ValueError(f"ids has {ids.shape[1]} columns but n_db={n_db}: a ranking has at most n_db entries")
+    if ids.min() < -1 or (n_db is not None and ids.max() >= n_db):
+        raise ValueError(f"ids must hold database positions 0 <= id < n_db={n_db} or -1 (no result), "
+                         f"got values from {ids.min()} to {ids.max()}")
+    ordered = np.sort(ids, axis=1)
+    if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
+        raise ValueError("ids repeats a database position within a query's ranking")
+    return ids
 
 
 # --------------------------------------------------------------------------- ranking
@@ -128,16 +167,34 @@ def similarity_ranking(query_emb, db_emb, k: int | None = None) -> np.ndarray:
     return torch.cat(rows).numpy()
 
 
-def _relevant_ranks(query_emb, db_emb, ground_truth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ranks of all relevant items: (query of each hit, 0-based rank of each hit, n_relevant per query).
+class Ranks(NamedTuple):
+    """Where each query's ranking put its relevant items: what every metric here is computed from.
 
-    Hits come grouped by query and sorted by rank within a query. Per chunk of
-    queries: one matmul, one stable sort, a relevance mask built with a single
-    scatter, reordered by the ranking, and the positions of its True entries.
+    ``query[i]`` and ``rank[i]`` are the query and the 0-based rank of hit
+    ``i``, hits grouped by query and sorted by rank within it; ``n_relevant[q]``
+    is the number of relevant items of query ``q`` and ``n_hits[q]`` how many
+    of them its ranking lists (all of them when it ranks the whole database,
+    maybe fewer in a top-k list); ``n_ranked`` is the length of every ranking.
+    """
+
+    query: np.ndarray
+    rank: np.ndarray
+    n_relevant: np.ndarray
+    n_hits: np.ndarray
+    n_ranked: int
+
+
+def _relevant_ranks(query_emb, db_emb, ground_truth) -> Ranks:
+    """The :class:`Ranks` of the full similarity ranking of every query.
+
+    Per chunk of queries: one matmul, one stable sort, a relevance mask built
+    with a single scatter, reordered by the ranking, and the positions of its
+    True entries.
     """
     queries, database = _pair_of_embeddings(query_emb, db_emb)
     n_queries, n_db = queries.shape[0], database.shape[0]
-    keys = _ground_truth_keys(ground_truth, n_queries, n_db)
+    relevant_query, position = _relevant_pairs(ground_truth, n_queries, n_db)
+    keys = np.unique(relevant_query * n_db + position)  # duplicates count once
     n_relevant = np.bincount(keys // n_db, minlength=n_queries)
     key_bounds = np.searchsorted(keys, np.arange(n_queries + 1, dtype=np.int64) * n_db)
     keys_t = torch.from_numpy(keys).to(queries.device)
@@ -149,13 +206,13 @@ def _relevant_ranks(query_emb, db_emb, ground_truth) -> tuple[np.ndarray, np.nda
         rows, ranks = relevant.view(stop - start, n_db).gather(1, order).nonzero(as_tuple=True)
         hit_query.append((rows + start).cpu())
         hit_rank.append(ranks.cpu())
-    return torch.cat(hit_query).numpy(), torch.cat(hit_rank).numpy(), n_relevant
+    return Ranks(torch.cat(hit_query).numpy(), torch.cat(hit_rank).numpy(), n_relevant, n_relevant, n_db)
 
 
-def _hit_numbers(n_relevant: np.ndarray) -> np.ndarray:
+def _hit_numbers(n_hits: np.ndarray) -> np.ndarray:
     """0-based number k of each hit within its query, for hits grouped by query."""
-    first = np.cumsum(n_relevant) - n_relevant
-    return np.arange(int(n_relevant.sum())) - np.repeat(first, n_relevant)
+    first = np.cumsum(n_hits) - n_hits
+    return np.arange(int(n_hits.sum())) - np.repeat(first, n_hits)
 
 
 def average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode: str = "trapezoid",
@@ -182,9 +239,13 @@ def average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode: str = "t
     return sums / n_relevant
 
 
-def reality_check_from_ranks(hit_query, hit_rank, n_relevant) -> dict[str, np.ndarray]:
-    """Per-query MAP@R, R-Precision and P@1 from the 0-based ranks of all hits (see the module docstring)."""
-    k = _hit_numbers(n_relevant).astype(np.float64)
+def reality_check_from_ranks(hit_query, hit_rank, n_relevant, n_hits=None) -> dict[str, np.ndarray]:
+    """Per-query MAP@R, R-Precision and P@1 from the 0-based ranks of the hits (see the module docstring).
+
+    Arguments as in :func:`average_precision_from_ranks`: relevant items a
+    top-k list leaves out count as ranked beyond R.
+    """
+    k = _hit_numbers(n_relevant if n_hits is None else n_hits).astype(np.float64)
     r = hit_rank.astype(np.float64)
     within_r = r < n_relevant[hit_query]
     per_query = lambda weights: np.bincount(hit_query, weights=weights, minlength=n_relevant.size)
@@ -193,17 +254,24 @@ def reality_check_from_ranks(hit_query, hit_rank, n_relevant) -> dict[str, np.nd
             "P@1": per_query((r == 0).astype(np.float64))}
 
 
-def _recall_from_ranks(hit_query, hit_rank, n_relevant, n_db: int, ks) -> dict[int, float]:
-    ks = _check_ks(ks)
-    first_rank = hit_rank[_hit_numbers(n_relevant) == 0]
-    return {k: float(np.mean(first_rank < min(k, n_db))) for k in ks}
+def _recall(ranks: Ranks, ks: tuple[int, ...]) -> dict[int, float]:
+    """``{K: recall}``: the fraction of queries with a hit ranked before K (K capped at ``n_ranked``)."""
+    first = np.full(ranks.n_hits.size, ranks.n_ranked)  # no hit listed: never before any K
+    listed = ranks.n_hits > 0
+    first[listed] = ranks.rank[(np.cumsum(ranks.n_hits) - ranks.n_hits)[listed]]
+    return {k: float(np.mean(first < min(k, ranks.n_ranked))) for k in ks}
 
 
-def _check_ks(ks) -> tuple[int, ...]:
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be a non-empty list of integers >= 1, got {ks}")
-    return ks
+def _row(ranks: Ranks, ks: tuple[int, ...], name: str | None) -> dict:
+    """The row of :func:`evaluate` from the ranks of the hits: both mAPs, R@K for ``ks``, :data:`REALITY_CHECK`."""
+    hits = ranks.query, ranks.rank, ranks.n_relevant
+    row = {} if name is None else {"name": name}
+    for mode in AP_MODES:
+        row[f"mAP ({mode})"] = float(average_precision_from_ranks(*hits, mode, ranks.n_hits).mean())
+    row.update({f"R@{k}": value for k, value in _recall(ranks, ks).items()})
+    row.update({metric: float(values.mean())
+                for metric, values in reality_check_from_ranks(*hits, ranks.n_hits).items()})
+    return row
 
 
 # --------------------------------------------------------------------------- metrics
@@ -217,7 +285,8 @@ def average_precision(query_emb, db_emb, ground_truth, mode: str = "trapezoid") 
     """
     if mode not in AP_MODES:
         raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
-    return average_precision_from_ranks(*_relevant_ranks(query_emb, db_emb, ground_truth), mode)
+    ranks = _relevant_ranks(query_emb, db_emb, ground_truth)
+    return average_precision_from_ranks(ranks.query, ranks.rank, ranks.n_relevant, mode)
 
 
 def mean_average_precision(query_emb, db_emb, ground_truth,
@@ -234,8 +303,7 @@ def recall_at_k(query_emb, db_emb, ground_truth, ks=DEFAULT_KS) -> dict[int, flo
     than the database is capped at the database size.
     """
     ks = _check_ks(ks)
-    hits = _relevant_ranks(query_emb, db_emb, ground_truth)
-    return _recall_from_ranks(*hits, n_db=len(db_emb), ks=ks)
+    return _recall(_relevant_ranks(query_emb, db_emb, ground_truth), ks)
 
 
 def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = None) -> dict:
@@ -247,14 +315,7 @@ def evaluate(query_emb, db_emb, ground_truth, ks=DEFAULT_KS, name: str | None = 
     makes a results table.
     """
     ks = _check_ks(ks)
-    hits = _relevant_ranks(query_emb, db_emb, ground_truth)
-    row = {} if name is None else {"name": name}
-    for mode in AP_MODES:
-        row[f"mAP ({mode})"] = float(average_precision_from_ranks(*hits, mode).mean())
-    for k, value in _recall_from_ranks(*hits, n_db=len(db_emb), ks=ks).items():
-        row[f"R@{k}"] = value
-    row.update({name: float(values.mean()) for name, values in reality_check_from_ranks(*hits).items()})
-    return row
+    return _row(_relevant_ranks(query_emb, db_emb, ground_truth), ks, name)
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -365,21 +426,6 @@ def distance_pairs(emb, labels, n_pairs: int, seed: int = 0) -> tuple[np.ndarray
     return distances, y
 
 
-def relevance_matrix(ranking: np.ndarray, ground_truth: Sequence) -> np.ndarray:
-    """Boolean (Q, k) matrix: whether the result at each rank of ``ranking`` is relevant to its query.
-
-    ``ranking`` holds database positions, as returned by
-    :func:`similarity_ranking`.
-    """
-    ranking = np.asarray(ranking)
-    n_db = int(ranking.max()) + 1 if ranking.size else 0
-    n_db = max(n_db, max((int(np.max(g)) + 1 for g in ground_truth if len(g)), default=0))
-    mask = np.zeros((len(ground_truth), n_db), dtype=bool)
-    rows = np.repeat(np.arange(len(ground_truth)), [len(g) for g in ground_truth])
-    mask[rows, np.concatenate([np.asarray(g, dtype=np.int64) for g in ground_truth])] = True
-    return np.take_along_axis(mask, ranking, axis=1)
-
-
 def confused_pairs(ranking: np.ndarray, query_labels, database_labels, k: int = 10) -> pd.DataFrame:
     """Count, over all queries, the wrong-category results in each top-k, by (query category, result category).
 
@@ -398,3 +444,98 @@ def confused_pairs(ranking: np.ndarray, query_labels, database_labels, k: int = 
     counts["share"] = counts["count"] / counts["query_label"].map(slots)
     return counts.sort_values(["count", "query_label", "result_label"], ascending=[False, True, True],
                               ignore_index=True)
+
+
+# --------------------------------------------------------------------------- metrics from ranked ids
+def _hit_mask(ids: np.ndarray, ground_truth: Sequence, n_db: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each ranked id is relevant to its query (Q, k), the number of relevant items per query).
+
+    ``ids`` is checked by :func:`_check_ids`; id -1 is never relevant.
+    """
+    n_queries = len(ids)
+    relevant_query, position = _relevant_pairs(ground_truth, n_queries, n_db)
+    width = n_db or int(max(ids.max(), position.max())) + 1  # one flat key per (query, position)
+    keys = np.unique(relevant_query * width + position)  # duplicates count once
+    flat = (np.arange(n_queries, dtype=np.int64)[:, None] * width + ids).ravel()
+    slot = np.minimum(np.searchsorted(keys, flat), len(keys) - 1)
+    hits = ((keys[slot] == flat) & (ids.ravel() >= 0)).reshape(ids.shape)
+    return hits, np.bincount(keys // width, minlength=n_queries)
+
+
+def _ranks_from_ids(ids, ground_truth: Sequence, n_db: int | None) -> Ranks:
+    """The :class:`Ranks` of rankings given as database ids (Q, k), best first."""
+    ids = _check_ids(ids, n_db)
+    hits, n_relevant = _hit_mask(ids, ground_truth, n_db)
+    hit_query, hit_rank = np.nonzero(hits)  # grouped by query, by rank within a query
+    return Ranks(hit_query, hit_rank, n_relevant, np.bincount(hit_query, minlength=len(hits)), hits.shape[1])
+
+
+def relevance_matrix(ranking: np.ndarray, ground_truth: Sequence) -> np.ndarray:
+    """Boolean (Q, k) matrix: whether the result at each rank of ``ranking`` is relevant to its query.
+
+    ``ranking`` holds database positions, best first, as returned by
+    :func:`similarity_ranking` (-1, no result, is never relevant).
+    """
+    return _hit_mask(_check_ids(ranking, None), ground_truth, None)[0]
+
+
+def mean_average_precision_from_ids(ids, ground_truth: Sequence, n_db: int,
+                                    mode: str = "trapezoid") -> tuple[float, np.ndarray]:
+    """Return ``(mAP, per-query APs)`` from ranked database ids (Q, k).
+
+    The same metric as :func:`mean_average_precision`.
+    ``ids`` holds each query's database positions, best first (e.g. from
+    :func:`helpers.search.search`; -1 means no result), ``ground_truth`` one
+    integer array of relevant positions per query, ``n_db`` the database
+    size, ``mode`` ``"trapezoid"`` or ``"standard"``. With ``k = n_db`` this
+    is the full-ranking AP. With ``k < n_db`` the ranking is truncated: a
+    relevant item outside the top k counts as never retrieved and adds 0 to
+    the precision sum, which is still divided by the query's total number of
+    relevant items, so the truncated AP is a lower bound of the full one for
+    the same ranking.
+    """
+    ranks = _ranks_from_ids(ids, ground_truth, n_db)
+    aps = average_precision_from_ranks(ranks.query, ranks.rank, ranks.n_relevant, mode, ranks.n_hits)
+    return float(aps.mean()), aps
+
+
+def recall_at_k_from_ids(ids, ground_truth: Sequence, ks=DEFAULT_KS, *,
+                         n_db: int | None = None) -> dict[int, float]:
+    """Recall@K from ranked database ids (Q, k), as :func:`recall_at_k`.
+
+    The fraction of queries with at least one relevant item among their first
+    K ids; returns ``{K: recall}``. Only the first K ids matter, so truncated
+    rankings give the same values as full ones for every K <= k. A K above k
+    is an error, unless ``n_db`` (the database size) is given and equals k
+    (the rows rank the whole database): then, as in :func:`recall_at_k`, a
+    K above ``n_db`` is capped at ``n_db``.
+    """
+    ks = _check_ks(ks)
+    ranks = _ranks_from_ids(ids, ground_truth, n_db)
+    if ranks.n_ranked != n_db and max(ks) > ranks.n_ranked:
+        raise ValueError(f"ks must be <= the number of ids per query ({ranks.n_ranked}) unless they rank the "
+                         f"whole database (n_db={n_db}), got {max(ks)}")
+    return _recall(ranks, ks)
+
+
+def evaluate_ids(top_ids, ground_truth: Sequence, ks=DEFAULT_KS, name: str | None = None, *,
+                 n_db: int | None = None) -> dict:
+    """The row of :func:`evaluate` from ranked database ids (Q, k), best first, such as a FAISS search returns.
+
+    Relevant items missing from a query's ids count as never retrieved. So
+    when the ids rank the whole database (``k`` equals ``n_db``, the database
+    size) every value equals :func:`evaluate`'s for that ranking. With a
+    top-k list (``k < n_db``, or ``n_db`` not given):
+
+    * R@K and P@1 are exact, but R@K is left out for every K above ``k``
+      (K above ``n_db`` is capped at ``n_db`` only for a whole-database ranking);
+    * both mAPs, MAP@R and R-Precision are lower bounds: the relevant items
+      outside the top k add nothing (see :func:`mean_average_precision_from_ids`).
+
+    ``-1`` in ``top_ids`` means no result; ``n_db``, when given, also bounds
+    the ids and ground-truth positions.
+    """
+    ks = _check_ks(ks)
+    ranks = _ranks_from_ids(top_ids, ground_truth, n_db)
+    listed = ks if ranks.n_ranked == n_db else tuple(k for k in ks if k <= ranks.n_ranked)
+    return _row(ranks, listed, name)

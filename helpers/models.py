@@ -2,17 +2,22 @@
 
 The maths of each pooling
 lives in a plain function (:func:`mac`, :func:`spoc`, :func:`gem`,
-:func:`l2_normalize`); the ``nn.Module`` classes are thin wrappers around them.
+:func:`l2_normalize`); the pooling ``nn.Module`` classes are thin wrappers around them.
 
 The paper's network is VGG16's convolutional layers up to the ReLU
 after ``conv5_3`` (the last max-pool removed), global max pooling (MAC) and L2
-normalisation: a 512-d unit vector per image. The ``small`` backbone is a
-CPU-friendly stand-in used by the ``smoke`` and ``tutorial`` profiles.
+normalisation: a 512-d unit vector per image. The CPU profiles use
+EfficientNet-Lite0 (:mod:`helpers.imagenet`) with its lower trunk frozen; the
+``small`` backbone is a CNN for training from scratch (the ablation).
+
+A :class:`Network` is a frozen trunk followed by a trainable ``top``, built
+from a :class:`ModelSpec`; it embeds (or classifies) images directly.
 """
 from __future__ import annotations
 
 import copy
 import os
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,12 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from . import config, imagenet
+from . import imagenet
 from .progress import bar as tqdm
 
 BACKBONES = ("vgg16", "resnet18", "resnet50", "efficientnet_lite0", "small")
 POOLINGS = ("mac", "spoc", "gem")
 IMAGENET_ALIASES = ("imagenet", "IMAGENET1K_V1")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""torchvision's ImageNet statistics, which its pretrained networks (and the ``small`` CNN) expect."""
 
 # Stages of the ``small`` backbone: (channels, number of conv-BN-ReLU blocks).
 SMALL_STAGES = ((32, 1), (64, 1), (128, 1), (256, 2))
@@ -108,13 +116,6 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.3f}, eps={self.eps}"
-
-
-class L2Norm(nn.Module):
-    """Row-wise L2 normalisation (:func:`l2_normalize`). """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(x)
 
 
 def build_pooling(name: str) -> nn.Module:
@@ -302,58 +303,100 @@ def build_backbone(name: str, weights: str | None = None, cut: int | None = None
     return trunk, network.fc.in_features
 
 
-# --------------------------------------------------------------------------- networks
+# --------------------------------------------------------------------------- what a network is made of
 
-class EmbeddingNet(nn.Module):
-    """trunk -> global pooling -> optional linear projection -> L2 normalisation.
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network before its trained weights are loaded.
 
-    ``forward(x)`` returns ``(B, dim)``
-    unit vectors; ``features(x)`` the pooled (and projected) vectors before
-    normalisation. ``dim`` is ``embedding_dim`` when a projection is used,
-    else the trunk's channel count.
+    ``backbone`` and ``weights`` (``None`` or ``"imagenet"``) name the trunk;
+    with ``cut`` (EfficientNet-Lite0 only) the stem and MBConv blocks below
+    ``cut`` form a frozen trunk that keeps its ImageNet weights and is never
+    trained. ``pooling`` is ``"mac"``, ``"spoc"`` or ``"gem"``;
+    ``embedding_dim`` an optional projection. ``n_classes`` makes it a
+    stage-1 classifier (``dropout`` before its head); ``None`` an embedding
+    network.
     """
 
-    def __init__(self, trunk: nn.Module, pooling: nn.Module, in_channels: int,
-                 embedding_dim: int | None = None):
+    backbone: str
+    weights: str | None
+    cut: int | None
+    pooling: str
+    embedding_dim: int | None = None
+    n_classes: int | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {list(BACKBONES)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {list(POOLINGS)}")
+        _is_imagenet(self.weights)
+        if self.cut is not None and self.backbone != "efficientnet_lite0":
+            raise ValueError(f"a cut is only supported for efficientnet_lite0, not {self.backbone!r}")
+        if self.cut is not None and not _is_imagenet(self.weights):
+            raise ValueError("a frozen trunk (cut) needs weights='imagenet': frozen random weights learn nothing")
+        if self.embedding_dim is not None and self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be a positive integer or None, got {self.embedding_dim}")
+
+    @classmethod
+    def of(cls, profile, **changes) -> "ModelSpec":
+        """The spec a profile's model fields describe (``backbone`` ... ``embedding_dim``), with ``changes``."""
+        fields = {name: getattr(profile, name) for name in ("backbone", "weights", "cut", "pooling", "embedding_dim")}
+        return cls(**{**fields, **changes})
+
+    @property
+    def normalization(self) -> tuple[tuple, tuple]:
+        """``(mean, std)`` per RGB channel that this backbone expects its [0, 1] inputs normalised with."""
+        return input_normalization(self.backbone)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def input_normalization(backbone: str) -> tuple[tuple, tuple]:
+    """``(mean, std)`` of a backbone's inputs, as timm's ``pretrained_cfg`` records them.
+
+    EfficientNet-Lite0's weights were trained on ``(x * 255 - 127) / 128``
+    (:data:`helpers.imagenet.NORMALIZATION`); torchvision's networks, and
+    the ``small`` CNN, use torchvision's ImageNet statistics.
+    """
+    if backbone == "efficientnet_lite0":
+        return imagenet.NORMALIZATION
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+class HalfPrecisionMaps(nn.Module):
+    """Rounds a frozen trunk's maps to float16 and back: what a cache of them in float16 would give.
+
+    The frozen maps are stored in float16 when cached, so rounding them here
+    makes a network give the same embeddings whether its frozen maps were
+    computed now or read from that cache.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.half().float()
+
+
+# --------------------------------------------------------------------------- networks
+
+class EmbeddingTop(nn.Module):
+    """The trainable part of an embedding network: trunk -> pooling -> optional projection -> L2 norm."""
+
+    def __init__(self, trunk: nn.Module, pooling: nn.Module, in_channels: int, embedding_dim: int | None = None):
         super().__init__()
-        if embedding_dim is not None and embedding_dim <= 0:
-            raise ValueError(f"embedding_dim must be a positive integer or None, got {embedding_dim}")
         self.trunk = trunk
         self.pooling = pooling
         self.projection = nn.Linear(in_channels, embedding_dim) if embedding_dim else None
-        self.norm = L2Norm()
-        self.in_channels = in_channels
         self.dim = embedding_dim or in_channels
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled (and projected) features of a batch, before L2 normalisation."""
-        pooled = self.pooling(self.trunk(x))
-        return self.projection(pooled) if self.projection is not None else pooled
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.features(x))
-
-    @classmethod
-    def from_classifier(cls, classifier: "ClassifierNet", embedding_dim: int | None = None) -> "EmbeddingNet":
-        """An embedding network holding copies of a stage-1 classifier's trunk and pooling.
-
-        The classification head is
-        dropped; the classifier itself is left untouched.
-        """
-        if not isinstance(classifier, ClassifierNet):
-            raise TypeError(f"expected a ClassifierNet, got {type(classifier).__name__}")
-        net = cls(copy.deepcopy(classifier.trunk), copy.deepcopy(classifier.pooling),
-                  classifier.in_channels, embedding_dim)
-        net.backbone_name, net.cut = getattr(classifier, "backbone_name", None), getattr(classifier, "cut", None)
-        return net
+        pooled = self.pooling(self.trunk(x))
+        return l2_normalize(self.projection(pooled) if self.projection is not None else pooled)
 
 
-class ClassifierNet(nn.Module):
-    """trunk -> global pooling -> dropout (optional) -> linear layer to ``n_classes`` logits.
-
-    For stage 1. ``embed(x)`` gives the
-    L2-normalised pooled features, i.e. what the stage-2 network starts from.
-    """
+class ClassifierTop(nn.Module):
+    """The trainable part of a stage-1 classifier: trunk -> pooling -> dropout -> linear head."""
 
     def __init__(self, trunk: nn.Module, pooling: nn.Module, in_channels: int, n_classes: int,
                  dropout: float = 0.0):
@@ -368,8 +411,6 @@ class ClassifierNet(nn.Module):
         self.head = nn.Linear(in_channels, n_classes)
         nn.init.normal_(self.head.weight, std=0.01)  # small logits: the first loss is about ln(n_classes)
         nn.init.zeros_(self.head.bias)
-        self.in_channels = in_channels
-        self.n_classes = n_classes
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised pooled features (no head)."""
@@ -379,64 +420,65 @@ class ClassifierNet(nn.Module):
         return self.head(self.dropout(self.pooling(self.trunk(x))))
 
 
-# --------------------------------------------------------------------------- constructors
+class Network(nn.Module):
+    """A frozen trunk (``nn.Identity`` when nothing is frozen) followed by a trainable ``top``.
 
-def build_embedding_net(profile=None, **overrides) -> EmbeddingNet:
-    """The embedding network described by a profile (``backbone``, ``weights``, ``pooling``,
-    ``embedding_dim``); ``profile`` goes through :func:`helpers.config.get_profile`.
-
-    Keyword overrides replace profile
-    fields, e.g. ``build_embedding_net(pooling="gem", weights=None)``.
+    ``forward(images)`` is ``top(frozen(images))``: an embedding network
+    returns ``(B, dim)`` unit vectors, a classifier ``(B, n_classes)``
+    logits. Training updates only ``top``; the frozen trunk stays in eval
+    mode whatever ``train()`` is asked. ``spec`` says how it was built.
     """
-    profile = config.get_profile(profile, **overrides)
-    trunk, channels = build_backbone(profile.backbone, profile.weights, profile.cut)
-    net = EmbeddingNet(trunk, build_pooling(profile.pooling), channels, profile.embedding_dim)
-    net.backbone_name, net.cut = profile.backbone, profile.cut
-    return net
+
+    def __init__(self, spec: ModelSpec, frozen: nn.Module, top: nn.Module):
+        super().__init__()
+        self.spec = spec
+        self.frozen = frozen.requires_grad_(False).eval()
+        self.top = top
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.spec.n_classes is not None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.top(self.frozen(images))
+
+    def train(self, mode: bool = True) -> "Network":
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def embedding(self, embedding_dim: int | None = None) -> "Network":
+        """An embedding network that starts from this classifier: its frozen trunk, a copy of its trunk and pooling.
+
+        The classification head is dropped; the classifier itself is left
+        untouched. This is how stage 2 starts from stage 1.
+        """
+        if not self.is_classifier:
+            raise TypeError("embedding() turns a stage-1 classifier into an embedding network; this one embeds already")
+        spec = replace(self.spec, n_classes=None, dropout=0.0, embedding_dim=embedding_dim)
+        top = EmbeddingTop(copy.deepcopy(self.top.trunk), copy.deepcopy(self.top.pooling),
+                           self.top.head.in_features, embedding_dim)
+        return Network(spec, self.frozen, top)
 
 
-def build_classifier(n_classes: int, profile=None, *, dropout: float = 0.0, **overrides) -> ClassifierNet:
-    """The stage-1 classifier described by a profile (``backbone``, ``weights``, ``pooling``).
+def build_network(spec: ModelSpec, pretrained_top: bool = True) -> Network:
+    """The network ``spec`` describes, with ImageNet weights where ``spec.weights`` asks for them.
 
-    Keyword overrides replace profile fields.
+    ``pretrained_top=False`` builds the trainable top at random (its
+    weights are about to be loaded from a saved run); the frozen trunk
+    always gets its ImageNet weights, since runs do not save it.
     """
-    profile = config.get_profile(profile, **overrides)
-    trunk, channels = build_backbone(profile.backbone, profile.weights, profile.cut)
-    net = ClassifierNet(trunk, build_pooling(profile.pooling), channels, n_classes, dropout)
-    net.backbone_name, net.cut = profile.backbone, profile.cut
-    return net
-
-
-def _pooling_name(pooling: nn.Module) -> str:
-    names = {MAC: "mac", SPoC: "spoc", GeM: "gem"}
-    if type(pooling) not in names:
-        raise ValueError(f"cannot describe pooling {type(pooling).__name__}; expected one of {list(POOLINGS)}")
-    return names[type(pooling)]
-
-
-def model_spec(model: nn.Module) -> dict:
-    """What :func:`model_from_spec` needs to rebuild ``model`` (before its weights are loaded)."""
-    backbone = getattr(model, "backbone_name", None)
-    if backbone is None:
-        raise ValueError("the model was not built by build_embedding_net/build_classifier: its backbone is unknown")
-    spec = {"backbone": backbone, "cut": getattr(model, "cut", None), "pooling": _pooling_name(model.pooling)}
-    if isinstance(model, ClassifierNet):
-        dropout = model.dropout.p if isinstance(model.dropout, nn.Dropout) else 0.0
-        return {"type": "classifier", **spec, "n_classes": model.n_classes, "dropout": dropout}
-    return {"type": "embedding", **spec,
-            "embedding_dim": model.projection.out_features if model.projection is not None else None}
-
-
-def model_from_spec(spec: dict) -> nn.Module:
-    """A randomly initialised network of the shape described by :func:`model_spec`."""
-    trunk, channels = build_backbone(spec["backbone"], weights=None, cut=spec.get("cut"))
-    pooling = build_pooling(spec["pooling"])
-    if spec["type"] == "classifier":
-        net = ClassifierNet(trunk, pooling, channels, spec["n_classes"], spec["dropout"])
+    trunk, channels = build_backbone(spec.backbone, spec.weights if pretrained_top else None, spec.cut)
+    pooling = build_pooling(spec.pooling)
+    if spec.n_classes is not None:
+        top = ClassifierTop(trunk, pooling, channels, spec.n_classes, spec.dropout)
     else:
-        net = EmbeddingNet(trunk, pooling, channels, spec["embedding_dim"])
-    net.backbone_name, net.cut = spec["backbone"], spec.get("cut")
-    return net
+        top = EmbeddingTop(trunk, pooling, channels, spec.embedding_dim)
+    frozen = nn.Identity()
+    if spec.cut is not None:
+        with torch.random.fork_rng(devices=[]):  # its weights are loaded: it must not move the seeded generator
+            frozen = nn.Sequential(build_frozen_trunk(spec.backbone, spec.weights, spec.cut), HalfPrecisionMaps())
+    return Network(spec, frozen, top)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from . import config, methods
+from . import config, loss_analysis, methods
 
 POSITIVE_COLOUR = "#1b9e77"
 NEGATIVE_COLOUR = "#d95f02"
@@ -139,17 +139,17 @@ def loss_curves(histories: Mapping[str, pd.DataFrame], column: str = "loss", win
 def loss_share_plot(history: pd.DataFrame, window: int = 10, ax=None, title: str | None = None):
     """Stacked share of the loss coming from positive and from negative pairs, per iteration.
 
-    The paper's imbalance argument.
+    The paper's imbalance argument: :func:`helpers.loss_analysis.positive_share`
+    of the losses averaged over the last ``window`` iterations.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 3.6))
     else:
         fig = ax.figure
-    pos = history["pos_loss"].rolling(window, min_periods=1).mean().to_numpy()
-    neg = history["neg_loss"].rolling(window, min_periods=1).mean().to_numpy()
-    total = np.where(pos + neg > 0, pos + neg, np.nan)
+    smoothed = history[["pos_loss", "neg_loss"]].rolling(window, min_periods=1).mean()
+    share = loss_analysis.positive_share(smoothed["pos_loss"], smoothed["neg_loss"])
     x = np.arange(len(history))
-    ax.stackplot(x, pos / total, neg / total, labels=["positive pairs", "negative pairs"],
+    ax.stackplot(x, share, 1 - share, labels=["positive pairs", "negative pairs"],
                  colors=[POSITIVE_COLOUR, NEGATIVE_COLOUR], alpha=0.85)
     ax.set_ylim(0, 1)
     ax.set_xlim(0, max(len(history) - 1, 1))
@@ -307,9 +307,9 @@ def tuning_bars(tuning: pd.DataFrame, chosen: Mapping[str, Mapping], paper: Mapp
     """One panel per loss: the best validation mAP of each margin setting, the chosen one opaque.
 
     ``tuning`` has the columns ``loss``, ``margins`` (a label), the margin
-    keywords and ``best val_mAP`` (:func:`helpers.protocol.tune`); ``chosen``
-    and ``paper`` map each loss to its margin keywords. The paper's setting
-    is hatched.
+    keywords and ``best val_mAP`` (the ``"tuning"`` table of
+    :func:`helpers.report.read_results`); ``chosen`` and ``paper`` map each
+    loss to its margin keywords. The paper's setting is hatched.
     """
     losses_ = list(dict.fromkeys(tuning["loss"]))
     if axes is None:

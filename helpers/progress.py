@@ -3,7 +3,7 @@
 Every long loop in ``helpers`` shows a text bar (tqdm's standard class, on
 standard output), redrawn at most every :data:`MIN_INTERVAL` seconds. In
 JupyterLab it updates in place. A notebook saved after a headless run keeps
-the bar's redraws in its output; :func:`helpers.notebook.finalize` (run by
+the bar's redraws in its output; :func:`helpers.machinery.finish.finalize` (run by
 ``make run``) then keeps only the last state of each line, so the committed
 notebook shows every bar finished, with its count and elapsed time. Widget
 bars (``tqdm.auto``) cannot do that: a saved notebook holds their first frame.

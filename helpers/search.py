@@ -1,4 +1,4 @@
-"""Similarity search with FAISS indexes over L2-normalised embeddings, and metrics from its results.
+"""Similarity search with FAISS indexes over L2-normalised embeddings.
 
 Database and query embeddings are L2-normalised here (as in
 :mod:`helpers.metrics`), so the inner product every index uses is the cosine
@@ -17,10 +17,9 @@ similarity. Three kinds of index:
 it keeps the raw vectors as well, takes ``k * k_factor`` candidates from the
 approximate index and re-ranks them by their exact score.
 
-:func:`mean_average_precision_from_ids` and :func:`recall_at_k_from_ids`
-compute the metrics of :mod:`helpers.metrics` from a ranked list of database
-ids, such as :func:`search` returns; :func:`add` grows a built index without
-training it again. :func:`torch_topk` is exact search with
+:func:`add` grows a built index without training it again. The retrieval
+metrics of what :func:`search` returns are in :mod:`helpers.metrics`
+(:func:`helpers.metrics.evaluate_ids`). :func:`torch_topk` is exact search with
 one matmul and ``torch.topk`` per chunk of queries, the reference that FAISS
 is timed against, and :func:`clustered_unit_vectors` draws seeded synthetic
 vectors around given centres, to make large test databases.
@@ -28,14 +27,10 @@ vectors around given centres, to make large test databases.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import faiss
 import numpy as np
 import torch
-
-from . import metrics
-from .metrics import AP_MODES, DEFAULT_KS
 
 KINDS = ("exact", "ivf", "ivfpq")
 
@@ -313,98 +308,3 @@ def clustered_unit_vectors(centres, n: int, noise, seed=0, chunk: int = 100_000)
             x += rng.standard_normal((stop - start, len(basis)), dtype=np.float32) @ basis
         out[start:stop] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return out
-
-
-# --------------------------------------------------------------------------- metrics from ids
-def _hits_from_ids(ids, ground_truth: Sequence, n_db: int | None):
-    """(hit mask (Q, k) of the ranked ids, number of relevant items per query).
-
-    ``n_db=None``: the database size is unknown; ids and positions are only
-    checked to be >= -1 and >= 0.
-    """
-    ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
-    if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
-        raise ValueError(f"ids must be a 2-D integer array (queries, k >= 1), got dtype {ids.dtype} "
-                         f"and shape {ids.shape}")
-    n_queries, width = ids.shape
-    ids = ids.astype(np.int64, copy=False)
-    if n_db is not None:
-        n_db = _positive_int(n_db, "n_db")
-        if width > n_db:
-            raise ValueError(f"ids has {width} columns but n_db={n_db}: a ranking has at most n_db entries")
-    if ids.min() < -1 or (n_db is not None and ids.max() >= n_db):
-        raise ValueError(f"ids must hold database positions 0 <= id < n_db={n_db} or -1 (no result), "
-                         f"got values from {ids.min()} to {ids.max()}")
-    ordered = np.sort(ids, axis=1)
-    if ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any():
-        raise ValueError("ids repeats a database position within a query's ranking")
-    if len(ground_truth) != n_queries:
-        raise ValueError(f"ground_truth has {len(ground_truth)} entries but ids has {n_queries} rows")
-    arrays = [np.asarray(g.cpu() if isinstance(g, torch.Tensor) else g).reshape(-1) for g in ground_truth]
-    lengths = np.array([a.size for a in arrays], dtype=np.int64)
-    if (lengths == 0).any():
-        raise ValueError(f"query {int(np.flatnonzero(lengths == 0)[0])} has an empty ground truth: "
-                         "every query needs at least one relevant database item")
-    positions = np.concatenate(arrays)
-    if positions.dtype.kind not in "iu":
-        raise ValueError(f"ground truth must hold integer database positions, got dtype {positions.dtype}")
-    positions = positions.astype(np.int64)
-    if positions.min() < 0 or (n_db is not None and positions.max() >= n_db):
-        raise ValueError(f"ground truth must hold database positions 0 <= position < n_db={n_db}, "
-                         f"got values from {positions.min()} to {positions.max()}")
-    if n_db is None:  # only used to make one flat key per (query, position)
-        n_db = int(max(ids.max(), positions.max())) + 1
-    queries = np.repeat(np.arange(n_queries, dtype=np.int64), lengths)
-    keys = np.unique(queries * n_db + positions)  # duplicates count once
-    n_relevant = np.bincount(keys // n_db, minlength=n_queries)
-    flat = (np.arange(n_queries, dtype=np.int64)[:, None] * n_db + ids).ravel()
-    slot = np.minimum(np.searchsorted(keys, flat), len(keys) - 1)
-    hits = ((keys[slot] == flat) & (ids.ravel() >= 0)).reshape(n_queries, width)
-    return hits, n_relevant
-
-
-def mean_average_precision_from_ids(ids, ground_truth: Sequence, n_db: int,
-                                    mode: str = "trapezoid") -> tuple[float, np.ndarray]:
-    """Return ``(mAP, per-query APs)`` from ranked database ids (Q, k).
-
-    The same metric as :func:`helpers.metrics.mean_average_precision`.
-    ``ids`` holds each query's database positions, best first (e.g. from
-    :func:`search`; -1 means no result), ``ground_truth`` one integer array of
-    relevant positions per query, ``n_db`` the database size, ``mode``
-    ``"trapezoid"`` or ``"standard"`` (formulas in :mod:`helpers.metrics`).
-    With ``k = n_db`` this is the full-ranking AP. With ``k < n_db`` the
-    ranking is truncated: a relevant item outside the top k counts as never
-    retrieved and adds 0 to the precision sum, which is still divided by the
-    query's total number of relevant items, so the truncated AP is a lower
-    bound of the full one for the same ranking.
-    """
-    if mode not in AP_MODES:
-        raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
-    hits, n_relevant = _hits_from_ids(ids, ground_truth, n_db)
-    hit_query, hit_rank = np.nonzero(hits)  # grouped by query, by rank within a query
-    n_hits = np.bincount(hit_query, minlength=len(hits))
-    aps = metrics.average_precision_from_ranks(hit_query, hit_rank, n_relevant, mode, n_hits=n_hits)
-    return float(aps.mean()), aps
-
-
-def recall_at_k_from_ids(ids, ground_truth: Sequence, ks=DEFAULT_KS, *,
-                         n_db: int | None = None) -> dict[int, float]:
-    """Recall@K from ranked database ids (Q, k), as :func:`helpers.metrics.recall_at_k`.
-
-    The fraction of queries with at least one relevant item among their first
-    K ids; returns ``{K: recall}``. Only the first K ids matter, so truncated
-    rankings give the same values as full ones for every K <= k. A K above k
-    is an error, unless ``n_db`` (the database size) is given and equals k
-    (the rows rank the whole database): then, as in :mod:`helpers.metrics`, a
-    K above ``n_db`` is capped at ``n_db``.
-    """
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be a non-empty list of integers >= 1, got {ks}")
-    hits, _ = _hits_from_ids(ids, ground_truth, n_db)
-    width = hits.shape[1]
-    if width != n_db and max(ks) > width:
-        raise ValueError(f"ks must be <= the number of ids per query ({width}) unless they rank the "
-                         f"whole database (n_db={n_db}), got {max(ks)}")
-    first = np.where(hits.any(axis=1), hits.argmax(axis=1), width)
-    return {k: float(np.mean(first < min(k, width))) for k in ks}

@@ -16,20 +16,20 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 
-def t_half_width(values, level: float = 0.95) -> float:
-    """Half-width of the Student-t confidence interval of the mean of ``values`` (NaN for one value)."""
-    values = np.asarray(values, dtype=np.float64)
-    n = values.size
-    if n < 2:
-        return float("nan")
-    return float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
-
-
 def mean_ci(values, level: float = 0.95) -> dict:
-    """``{"mean", "ci", "low", "high", "n"}``: the mean of ``values`` and its t interval."""
+    """``{"mean", "ci", "low", "high", "n"}``: the mean of ``values`` and its Student-t interval.
+
+    The interval is ``scipy.stats.t.interval`` with ``n - 1`` degrees of
+    freedom around the mean, scaled by the standard error; ``ci`` is its
+    half-width. With one value the interval is unknown (NaN); values without
+    spread give the mean itself (``ci`` 0).
+    """
     values = np.asarray(values, dtype=np.float64)
-    mean, half = float(values.mean()), t_half_width(values, level)
-    return {"mean": mean, "ci": half, "low": mean - half, "high": mean + half, "n": int(values.size)}
+    mean, n = float(values.mean()), int(values.size)
+    low = high = mean if n >= 2 else float("nan")
+    if n >= 2 and values.std() > 0:
+        low, high = map(float, _scipy_stats.t.interval(level, n - 1, loc=mean, scale=_scipy_stats.sem(values)))
+    return {"mean": mean, "ci": (high - low) / 2, "low": low, "high": high, "n": n}
 
 
 def paired_difference(a, b, level: float = 0.95) -> dict:
@@ -42,8 +42,8 @@ def paired_difference(a, b, level: float = 0.95) -> dict:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired values need one value per seed on both sides; got shapes {a.shape} and {b.shape}")
-    result = mean_ci(a - b, level)
     differences = a - b
+    result = mean_ci(differences, level)
     p = float("nan")
     if differences.size >= 2 and differences.std(ddof=1) > 0:
         p = float(_scipy_stats.ttest_rel(a, b).pvalue)

@@ -1,4 +1,4 @@
-"""The command line (helpers.cli): help, bad arguments, and smoke-profile runs that share the notebooks' cache."""
+"""The command line (helpers.machinery.cli): help, bad arguments, and smoke-profile runs that share the notebooks' cache."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import cli, config, data, evaluation, metrics, runs, search, train
+from helpers import config, data, evaluation, metrics, search
+from helpers.machinery import cli, runs
 
 # Short runs: one retrieval epoch over 4 pairs per category, one classification epoch.
 QUICK = {"pairs_per_category": 4, "ret_batch_size": 16, "cls_epochs": 1, "cls_lr_step": 1}
 COMMON = ["--profile", "smoke", "--seed", "0", "--device", "cpu", "--no-progress",
           *[arg for field, value in QUICK.items() for arg in ("--set", f"{field}={value}")]]
-DOUBLE = ["--loss", "double", "--init", "random", "--epochs", "1"]
+DOUBLE = ["--loss", "double", "--init", "imagenet", "--epochs", "1"]
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -24,16 +25,17 @@ pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A smoke release as ``FIREARM_DATA`` and an empty run cache, both in temporary folders."""
-    root = data.make_synthetic_release(tmp_path_factory.mktemp("release"), "smoke", seed=0, progress=False)
+    root = data.make_synthetic_release(tmp_path_factory.mktemp("release"), config.get_profile("smoke"), seed=0,
+                                      progress=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(config.DATA_ENV, str(root))
         patch.setattr(config, "CACHE_DIR", tmp_path_factory.mktemp("cache"))
-        yield {"release": data.load_active_release("smoke"), "out": tmp_path_factory.mktemp("out")}
+        yield {"release": data.load_active_release(config.get_profile("smoke")), "out": tmp_path_factory.mktemp("out")}
 
 
 def profile():
-    """The profile the CLI resolves from COMMON."""
-    return config.get_profile("smoke", **QUICK)
+    """The profile the CLI resolves from COMMON, with the one epoch of DOUBLE."""
+    return config.get_profile("smoke", **QUICK, ret_epochs=1)
 
 
 def run_cli(argv, out: Path | None = None) -> dict:
@@ -102,7 +104,8 @@ BAD = [
     (["train-retrieval", "--set", "ret_epochs"], ["argument --set: expected FIELD=VALUE"]),
     (["train-retrieval", "--set", "ret_epochs=2", "--epochs", "1"], ["argument --set: ret_epochs is also given"]),
     (["train-retrieval", "--init", "nowhere/run"], ["argument --init", "random, imagenet, classifier", "nowhere/run"]),
-    (["train-retrieval", "--profile", "smoke", "--set", "backbone=small", "--init", "imagenet"],
+    (["train-retrieval", "--profile", "smoke", "--init", "random"], ["argument --init", "--set cut=None"]),
+    (["train-retrieval", "--profile", "smoke", "--set", "backbone=small", "--set", "cut=None", "--init", "imagenet"],
      ["argument --init", "no ImageNet weights for backbone 'small'"]),
     (["evaluate", "--device", "tpu9"], ["argument --device: not a torch device: 'tpu9'"]),
     (["build-index", "--nprobe", "4"], ["argument --nprobe: only applies to --index ivf or ivfpq"]),
@@ -125,7 +128,7 @@ def test_profile_overrides_follow_the_field_types():
     assert cli._profile_override("images_per_category=6,14") == ("images_per_category", (6, 14))
     assert cli._profile_override("embedding_dim=none") == ("embedding_dim", None)
     assert cli._profile_override("embedding_dim=64") == ("embedding_dim", 64)
-    assert cli._profile_override("lr=3e-4") == ("lr", 3e-4)
+    assert cli._profile_override("ret_lr=3e-4") == ("ret_lr", 3e-4)
     assert cli._profile_override("optimizer=sgd") == ("optimizer", "sgd")
     assert cli._profile_override("weights=None") == ("weights", None)
 
@@ -139,12 +142,14 @@ def test_train_retrieval_shares_the_notebooks_cache(world):
     assert summary["profile_overrides"] == QUICK and record["from_cache"] is False
     assert Path(record["path"]).parent == config.CACHE_DIR / "runs"
     epochs = pd.read_csv(out / "train-retrieval.csv")
-    assert epochs["epoch"].tolist() == [0, 1] and record["final_epoch"]["val_mAP"] == pytest.approx(
-        epochs["val_mAP"].iloc[-1])
+    assert epochs["epoch"].tolist() == [0, 1] and record["last_epoch"] == 1
+    kept = int(epochs["val_mAP"].idxmax())
+    assert record["kept_epoch"]["epoch"] == kept and record["kept_epoch"]["val_mAP"] == pytest.approx(
+        epochs["val_mAP"].max())
 
     # the notebooks' call loads the run the command line trained (the other way round: stage 1 below)
-    run = train.train_retrieval(world["release"], "double", init="random", profile=profile(), seed=0,
-                                device="cpu", progress=False, ret_epochs=1)
+    run = runs.train_retrieval(world["release"], "double", "imagenet", profile(), seed=0, device="cpu",
+                               progress=False)
     assert run.from_cache and run.key == record["key"] and str(run.path) == record["path"]
     assert run.epochs["val_mAP"].tolist() == pytest.approx(epochs["val_mAP"].tolist())
 
@@ -152,8 +157,8 @@ def test_train_retrieval_shares_the_notebooks_cache(world):
 def test_evaluate_writes_the_metrics_of_the_cached_run(world):
     out = world["out"] / "evaluate"
     summary = run_cli(["evaluate", *COMMON, *DOUBLE, "--split", "test"], out)
-    run = train.train_retrieval(world["release"], "double", init="random", profile=profile(), seed=0,
-                                device="cpu", progress=False, ret_epochs=1)
+    run = runs.train_retrieval(world["release"], "double", "imagenet", profile(), seed=0, device="cpu",
+                               progress=False)
     assert run.from_cache and summary["runs"][0]["key"] == run.key  # trained or loaded by the command line
     split = world["release"].test
     query_emb, db_emb = evaluation.embed_split(run.model, split, profile(), progress=False)
@@ -163,15 +168,15 @@ def test_evaluate_writes_the_metrics_of_the_cached_run(world):
                              "MAP@R", "R-Precision", "P@1"}
     assert 0 < expected["mAP (trapezoid)"] < 1
     written = pd.read_csv(out / "evaluate.csv").iloc[0]
-    assert written["name"] == "double (random init)"
+    assert written["name"] == "double (imagenet init)"
     assert {k: written[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     assert (summary["n_queries"], summary["n_database"]) == (len(split.queries), len(split.database))
 
 
 def test_build_index_exact_and_ivfpq(world, capsys):
     split = world["release"].validation
-    run = train.train_retrieval(world["release"], "double", init="random", profile=profile(), seed=0,
-                                device="cpu", progress=False, ret_epochs=1)
+    run = runs.train_retrieval(world["release"], "double", "imagenet", profile(), seed=0, device="cpu",
+                               progress=False)
     query_emb, db_emb = evaluation.embed_split(run.model, split, profile(), progress=False)
     n_db = len(db_emb)
 
@@ -200,7 +205,7 @@ def test_build_index_exact_and_ivfpq(world, capsys):
     assert (row["m"], row["nbits"], row["nlist"], row["nprobe"]) == (8, 3, 1, 1)
     assert row["recall of exact top-10"] == search.recall_of_exact_topk(ids, exact, 10) < 1.0
     assert row["mAP (trapezoid) from index top-10"] == pytest.approx(
-        search.mean_average_precision_from_ids(ids, split.ground_truth, n_db)[0], abs=1e-12)
+        metrics.mean_average_precision_from_ids(ids, split.ground_truth, n_db)[0], abs=1e-12)
     assert faiss.read_index(str(out / "index.faiss")).ntotal == n_db
     capsys.readouterr()
 
@@ -213,7 +218,8 @@ def test_build_index_exact_and_ivfpq(world, capsys):
 
 def test_init_classifier_loads_the_notebooks_stage_1_and_shares_stage_2(world, capsys):
     # stage 1 trained as the notebooks do is loaded by the command line
-    classifier = train.train_classifier(world["release"], profile(), seed=0, device="cpu", progress=False)
+    classifier = runs.train_classifier(world["release"], config.get_profile("smoke", **QUICK), seed=0, device="cpu",
+                                    progress=False)
     assert not classifier.from_cache
     summary = run_cli(["train-retrieval", *COMMON, "--loss", "triplet", "--init", "classifier", "--epochs", "1"],
                       world["out"] / "two-stage")
@@ -221,8 +227,8 @@ def test_init_classifier_loads_the_notebooks_stage_1_and_shares_stage_2(world, c
     assert (stage1["role"], stage1["kind"], stage2["kind"]) == ("stage 1", "classifier", "retrieval")
     assert stage1["from_cache"] is True and stage1["key"] == classifier.key
     assert stage2["from_cache"] is False
-    run = train.train_retrieval(world["release"], "triplet", init=classifier, profile=profile(), seed=0,
-                                device="cpu", progress=False, ret_epochs=1)
+    run = runs.train_retrieval(world["release"], "triplet", classifier, profile(), seed=0, device="cpu",
+                               progress=False)
     assert run.from_cache and run.key == stage2["key"]
     # the stage-1 folder is as good as "classifier"; a retrieval folder is not a stage-1 run
     summary = run_cli(["train-retrieval", *COMMON, "--loss", "triplet", "--init", stage1["path"], "--epochs", "1"],

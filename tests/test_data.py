@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TRAIN_CATEGORIES, build_release, write_image
-from helpers import config
+from helpers import config, imagenet, models
 from helpers import data as D
 
 # ----------------------------------------------------------------------------------------------
@@ -49,9 +49,9 @@ def test_loader_reads_categories_and_counts(release):
     for path, label in zip(rel.retrieval_train.paths, rel.retrieval_train.labels):
         assert path.parent.name == rel.categories[label]
         assert path.suffix.lower() in D.IMAGE_EXTENSIONS
-    summary = rel.summary()
-    assert summary.loc["test database", "queries"] == 4
-    assert summary.loc["validation database", "categories"] == 2
+    # the fixture's split sizes: test 2 + 1 + 1 queries over 3 categories, validation 2 categories
+    assert len(rel.test.queries) == 4 and rel.test.n_groups == 3
+    assert len(rel.validation.database) == 3 + 4 + 1 and rel.validation.n_groups == 2
 
 
 def test_classification_split_is_a_per_category_partition(release):
@@ -358,7 +358,7 @@ def test_image_dataset_drops_a_truncated_jpeg(tmp_path):
 
 def test_image_dataset_serves_transformed_images_from_memory(release):
     rel = D.load_firearm_release(release.root)
-    transform = D.eval_transform(SMALL_40)
+    transform = D.eval_transform(40, models.IMAGENET_MEAN, models.IMAGENET_STD)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every fixture image decodes
         dataset = D.ImageDataset(rel.retrieval_train, transform=transform, progress=False)
@@ -370,25 +370,20 @@ def test_image_dataset_serves_transformed_images_from_memory(release):
     assert label == rel.retrieval_train.labels[3]
     raw = dataset.with_transform(None)
     assert raw.images is dataset.images and raw[3][0].max() <= 1.0
-    batch, labels = dataset.batch([0, 5, 3])
-    assert batch.shape == (3, 3, 40, 40)
-    assert labels.tolist() == rel.retrieval_train.labels[[0, 5, 3]].tolist()
 
 
 # ----------------------------------------------------------------------------------------------
 # Transforms
 # ----------------------------------------------------------------------------------------------
 
-MEAN = torch.tensor(D.IMAGENET_MEAN).view(3, 1, 1)
-STD = torch.tensor(D.IMAGENET_STD).view(3, 1, 1)
-SMALL_40 = config.get_profile("smoke", backbone="small", weights=None, cut=None, render_size=40,
-                              train_size_range=(32, 40), eval_size=40)
-"""A 40 px profile of the from-scratch CNN, which uses torchvision's ImageNet statistics."""
+# torchvision's ImageNet statistics, written out (not read from the code under test)
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def test_eval_transform_resizes_normalises_and_zero_pads():
     image = torch.full((3, 20, 40), 255, dtype=torch.uint8)  # wide, white
-    transform = D.eval_transform(config.get_profile(SMALL_40, eval_size=64))
+    transform = D.eval_transform(64, models.IMAGENET_MEAN, models.IMAGENET_STD)
     out = transform(image)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     assert torch.equal(out, transform(image))
@@ -398,7 +393,7 @@ def test_eval_transform_resizes_normalises_and_zero_pads():
 
 
 def test_eval_transform_upsizes_small_images():
-    out = D.eval_transform(SMALL_40)(torch.zeros((3, 10, 5), dtype=torch.uint8))
+    out = D.eval_transform(40, models.IMAGENET_MEAN, models.IMAGENET_STD)(torch.zeros((3, 10, 5), dtype=torch.uint8))
     # 5 x 10 becomes 20 x 40: columns 10..29 hold the (black) image
     assert torch.allclose(out[:, :, 10:30], (-MEAN / STD).expand(3, 40, 20), atol=1e-5)
     assert out[:, :, :10].abs().max() == 0 and out[:, :, 30:].abs().max() == 0
@@ -406,9 +401,8 @@ def test_eval_transform_upsizes_small_images():
 
 def test_train_transform_has_a_fixed_canvas_and_zero_padding():
     torch.manual_seed(0)
-    profile = config.get_profile("tutorial", train_size_range=(48, 64))
-    transform = D.train_transform(profile)
-    low, high = profile.train_size_range
+    low, high = 48, 64
+    transform = D.train_transform((low, high), *models.input_normalization("efficientnet_lite0"))
     assert transform.canvas_size == high
     image = torch.randint(0, 256, (3, 32, 64), dtype=torch.uint8)  # 2:1, so at most 32 rows after resizing
     outs = [transform(image) for _ in range(12)]
@@ -446,20 +440,52 @@ def test_contrast_saturation_jitter_against_hand_computed_values():
     assert torch.equal(jitter(image), jitter.apply(image, *params))
 
 
-def test_denormalize_inverts_the_normalisation():
-    image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
-    for profile in (SMALL_40, config.get_profile("smoke", eval_size=40)):
-        out = D.eval_transform(profile)(image)
-        assert torch.allclose(D.denormalize(out, profile), image.float() / 255, atol=1e-5)
-
-
 def test_lite0_inputs_are_scaled_as_its_weights_expect():
     # EfficientNet-Lite0's ImageNet weights expect (x * 255 - 127) / 128
-    profile = config.get_profile("smoke")
-    assert profile.backbone == "efficientnet_lite0"
+    assert config.get_profile("smoke").backbone == "efficientnet_lite0"
     image = torch.tensor([0, 127, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 8, 8)
-    out = D.eval_transform(config.get_profile(profile, eval_size=8))(image.contiguous())
-    np.testing.assert_allclose(out[:, 4, 4].numpy(), [-127 / 128, 0.0, 1.0], atol=1e-6)
+    for mean, std in (models.input_normalization("efficientnet_lite0"), imagenet.NORMALIZATION,
+                      models.ModelSpec.of(config.get_profile("smoke")).normalization):
+        out = D.eval_transform(8, mean, std)(image.contiguous())
+        np.testing.assert_allclose(out[:, 4, 4].numpy(), [-127 / 128, 0.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, size", [((3, 30, 17), 24), ((3, 9, 40), 20), ((3, 12, 12), 48)])
+def test_eval_transform_output_size_and_normalisation_with_given_mean_and_std(shape, size):
+    mean, std = (0.1, 0.5, 0.9), (0.2, 0.25, 0.5)
+    colour = (51, 204, 255)                      # 0.2, 0.8, 1.0 in [0, 1]
+    image = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1).expand(*shape).contiguous()
+    transform = D.eval_transform(size, mean, std)
+    assert transform.canvas_size == size
+    out = transform(image)
+    assert out.shape == (3, size, size) and out.dtype == torch.float32
+    # (x - mean) / std by hand: (0.2 - 0.1) / 0.2, (0.8 - 0.5) / 0.25, (1.0 - 0.9) / 0.5
+    expected = torch.tensor([0.5, 1.2, 0.2])
+    content = (out != 0).any(dim=0)
+    rows, cols = content.any(dim=1).nonzero().flatten(), content.any(dim=0).nonzero().flatten()
+    height, width = len(rows), len(cols)
+    assert max(height, width) == size                      # the longest side fills the canvas
+    ratio = shape[1] / shape[2]
+    assert abs(height / width - ratio) <= 0.1 * max(ratio, 1)   # aspect kept
+    assert rows.diff().eq(1).all() and cols.diff().eq(1).all()  # one centred block ...
+    assert abs(int(rows[0]) - (size - int(rows[-1]) - 1)) <= 1 and abs(int(cols[0]) - (size - int(cols[-1]) - 1)) <= 1
+    block = out[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    torch.testing.assert_close(block, expected.view(3, 1, 1).expand_as(block), atol=1e-5, rtol=0)
+    assert int(content.sum()) == height * width               # ... and zeros elsewhere
+
+
+def test_eval_dataset_serves_images_in_order_and_refuses_unreadable_files(tmp_path):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    paths = [write_image(tmp_path / f"{i}.png", size=(8, 8), color=c) for i, c in enumerate(colours)]
+    transform = D.eval_transform(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    dataset = D.eval_dataset(paths, [5, 6, 7], transform, progress=False)
+    assert len(dataset) == 3 and dataset.labels.tolist() == [5, 6, 7]
+    for (image, label), colour in zip(dataset, colours):
+        torch.testing.assert_close(image[:, 4, 4], torch.tensor(colour, dtype=torch.float32) / 255)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.warns(D.UnreadableImageWarning), pytest.raises(ValueError, match="could not be decoded"):
+        D.eval_dataset(paths + [broken], [0, 0, 0, 0], transform, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,29 +560,18 @@ def test_triplet_sampler():
     assert not np.array_equal(sampler.triplets(2)[0], a)
 
 
-def test_pk_batch_sampler():
-    sampler = D.PKBatchSampler(LABELS, p=3, k=4, batches_per_epoch=5, seed=0)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 5
-    for batch in batches:
-        assert len(batch) == 12
-        assert sorted(Counter(LABELS[batch].tolist()).values()) == [4, 4, 4]
-    assert list(sampler) == batches
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-
-
 # ----------------------------------------------------------------------------------------------
 # load_active_release
 # ----------------------------------------------------------------------------------------------
 
 
 def test_load_active_release_reads_the_real_data_when_set(release, monkeypatch):
+    smoke = config.get_profile("smoke")
     monkeypatch.setenv(config.DATA_ENV, str(release.root))
-    assert D.load_active_release().categories == sorted(TRAIN_CATEGORIES)
+    assert D.load_active_release(smoke).categories == sorted(TRAIN_CATEGORIES)
     monkeypatch.setenv(config.DATA_ENV, str(release.root / "missing"))
     with pytest.raises(D.DatasetLayoutError, match="missing"):
-        D.load_active_release()
+        D.load_active_release(smoke)
 
 
 def test_load_active_release_loads_the_synthetic_release_of_the_profile(tmp_path, monkeypatch):
@@ -571,10 +586,17 @@ def test_load_active_release_loads_the_synthetic_release_of_the_profile(tmp_path
         return root
 
     monkeypatch.setattr(D, "make_synthetic_release", fake_generator)
-    first = D.load_active_release("smoke", seed=3, progress=False)
-    monkeypatch.setenv(config.PROFILE_ENV, "smoke")
-    second = D.load_active_release(seed=3, progress=False)
+    smoke = config.get_profile("smoke")
+    first = D.load_active_release(smoke, seed=3, progress=False)
+    monkeypatch.setenv(config.PROFILE_ENV, "tutorial")   # the profile passed in wins; the variable is not read
+    second = D.load_active_release(smoke, seed=3, progress=False)
     expected_root = tmp_path / "synthetic" / "smoke-seed3"
-    assert calls == [(expected_root, config.get_profile("smoke"), 3, False)] * 2
+    assert calls == [(expected_root, smoke, 3, False)] * 2
     assert first.root == second.root == expected_root
     assert first.categories == sorted(TRAIN_CATEGORIES)
+    # a profile whose data fields were overridden gets a release of its own
+    bigger = config.get_profile(smoke, render_size=72)
+    third = D.load_active_release(bigger, seed=3, progress=False)
+    assert calls[-1][:2] == (third.root, bigger) and third.root != expected_root
+    with pytest.raises((TypeError, AttributeError)):
+        D.load_active_release(seed=3, progress=False)

@@ -14,15 +14,16 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from helpers import config, distributed
+from helpers import config, train
+from helpers.machinery import distributed
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 @pytest.mark.parametrize("n, batch_size, world_size", [(10, 4, 2), (192, 32, 2), (2032, 64, 3), (7, 7, 4), (9, 3, 3)])
 def test_rank_slices_concatenate_to_the_single_process_batches(n, batch_size, world_size):
-    single = list(distributed.RankBatches(n, batch_size, seed=11))
-    per_rank = [list(distributed.RankBatches(n, batch_size, seed=11, rank=r, world_size=world_size))
+    single = list(distributed.RankBatches(n, batch_size, seed=11, epoch=1))
+    per_rank = [list(distributed.RankBatches(n, batch_size, seed=11, epoch=1, rank=r, world_size=world_size))
                 for r in range(world_size)]
     assert all(len(batches) == len(single) for batches in per_rank)
     for k, batch in enumerate(single):
@@ -33,14 +34,14 @@ def test_rank_slices_concatenate_to_the_single_process_batches(n, batch_size, wo
     assert [len(b) for b in single[:-1]] == [batch_size] * (len(single) - 1)
 
 
-def test_the_order_depends_on_the_seed_only():
-    assert list(distributed.RankBatches(50, 8, seed=3)) == list(distributed.RankBatches(50, 8, seed=3))
-    assert list(distributed.RankBatches(50, 8, seed=3)) != list(distributed.RankBatches(50, 8, seed=4))
+def test_one_process_gets_the_batches_of_the_learners_loop():
+    assert list(distributed.RankBatches(50, 8, seed=3, epoch=2)) == train.epoch_batches(50, 8, seed=3, epoch=2)
+    assert list(distributed.RankBatches(50, 8, seed=3, epoch=2)) != list(distributed.RankBatches(50, 8, seed=4, epoch=2))
 
 
 def test_a_batch_smaller_than_the_world_is_refused():
     with pytest.raises(ValueError, match="cannot be split over 4 processes"):
-        list(distributed.RankBatches(9, 4, seed=0, rank=0, world_size=4))  # last batch has 1 item
+        list(distributed.RankBatches(9, 4, seed=0, epoch=1, rank=0, world_size=4))  # last batch has 1 item
 
 
 def test_one_process_is_a_world_of_one():
@@ -48,7 +49,10 @@ def test_one_process_is_a_world_of_one():
     assert distributed.loss_share(17, "cpu") == 1.0
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     assert distributed.sync_batchnorm(model, torch.device("cpu")) is model
-    assert distributed.data_parallel(model, torch.device("cpu")) is model
+    step = train.pair_step
+    assert distributed.data_parallel_step(step, model, torch.device("cpu"), len) is step
+    validate = len
+    assert distributed.agreed(validate) is validate and distributed.plain_batchnorm(model, None) is model
 
 
 def test_global_batchnorm_keeps_names_activation_and_single_process_maths():

@@ -57,11 +57,18 @@ def test_position_mapping_rejects_mismatched_tensors():
         imagenet.map_state_dict_by_position({"x.weight": torch.ones(2, 3)}, target)
 
 
-def test_random_init_differs_from_the_pretrained_weights():
+def test_random_init_differs_from_the_pretrained_weights(classifier):
+    # every tensor against the weights file read directly, position by position (the mapping's order)
+    stored = list(imagenet.load_lite0_state_dict().values())
+    pretrained = list(classifier[0].state_dict().values())
+    assert len(pretrained) == len(stored)
+    assert all(torch.equal(a, b) for a, b in zip(pretrained, stored))  # the comparison does see loaded weights
     torch.manual_seed(0)
-    model = imagenet.efficientnet_lite0(weights=None)
-    stored = imagenet.load_lite0_state_dict()
-    assert not torch.equal(model.conv_stem.weight, stored["_conv_stem.weight"])
+    random = list(imagenet.efficientnet_lite0(weights=None).state_dict().values())
+    assert [tuple(t.shape) for t in random] == [tuple(t.shape) for t in stored]
+    weights = [(a, b) for a, b in zip(random, stored) if a.dim() >= 2]  # convolutions and the classifier
+    assert len(weights) == 49 + 1                      # stem, 2 + 15 x 3 in the blocks, head; the classifier
+    assert not any(torch.allclose(a, b, atol=1e-3) for a, b in weights)
 
 
 def test_missing_weights_package_names_the_pip_package(monkeypatch):

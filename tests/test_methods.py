@@ -19,19 +19,51 @@ def test_registry_lists_the_three_methods_with_their_profile_margins():
     assert len({m.colour for m in methods.METHODS.values()}) == 3
 
 
-def test_registry_losses_are_the_plain_functions():
-    torch.manual_seed(0)
-    x1, x2 = torch.nn.functional.normalize(torch.randn(2, 6, 4), dim=2)
-    y = torch.tensor([1, 0, 1, 0, 0, 1])
-    torch.testing.assert_close(methods.get("single").loss(x1, x2, y, margin=0.9),
-                               losses.contrastive_loss(x1, x2, y, margin=0.9))
-    torch.testing.assert_close(methods.get("double").loss(x1, x2, y, pos_margin=0.3, neg_margin=1.1),
-                               losses.double_margin_contrastive_loss(x1, x2, y, 0.3, 1.1))
-    torch.testing.assert_close(methods.get("triplet").loss(x1, x2, x2.flip(0), margin=0.2),
-                               losses.triplet_loss(x1, x2, x2.flip(0), margin=0.2))
-    d = np.linspace(0, 2, 9)
-    np.testing.assert_array_equal(methods.get("double").curves(d, 1, pos_margin=0.5, neg_margin=1.0)[0],
-                                  losses.double_margin_curves(d, 1, 0.5, 1.0)[0])
+# Margins unlike the loss functions' defaults and the profiles' values, so that a per-item loss that
+# dropped the bound margins would show.
+MARGINS = {"single": {"margin": 0.7}, "double": {"pos_margin": 0.5, "neg_margin": 1.0},
+           "triplet": {"margin": 0.25}}
+PLAIN = {"single": (losses.contrastive_loss, losses.contrastive_curves),
+         "double": (losses.double_margin_contrastive_loss, losses.double_margin_curves),
+         "triplet": (losses.triplet_loss, losses.triplet_curves)}
+
+
+def _formula(name: str, margins: dict, y: int, d: float, d_neg: float = 0.0) -> float:
+    """The per-item loss from the paper's formulas, one pair (distance d) or triplet (d(a,p), d(a,n))."""
+    if name == "single":
+        return 0.5 * d**2 if y else 0.5 * max(0.0, margins["margin"] - d) ** 2
+    if name == "double":
+        return (0.5 * max(0.0, d - margins["pos_margin"]) ** 2 if y
+                else 0.5 * max(0.0, margins["neg_margin"] - d) ** 2)
+    return max(0.0, d - d_neg + margins["margin"])
+
+
+@pytest.mark.parametrize("name", methods.NAMES)
+def test_per_item_loss_matches_the_formula_with_the_bound_margins(name):
+    method = methods.get(name)
+    loss, curves = PLAIN[name]
+    assert method.loss is loss and method.curves is curves
+    margins = MARGINS[name]
+    per_item = method.per_item_loss(margins)
+    distances = [0.1, 0.4, 0.6, 0.85, 1.1, 1.5]
+    origin = torch.zeros(len(distances), 2, dtype=torch.float64)
+    along_x = torch.tensor([[d, 0.0] for d in distances], dtype=torch.float64)   # ||x|| = d exactly
+    if method.is_pair_loss:
+        y = torch.tensor([1, 0, 1, 0, 1, 0])
+        values = per_item(origin, along_x, y)
+        expected = [_formula(name, margins, int(t), d) for t, d in zip(y, distances)]
+    else:
+        negatives = [0.5, 0.3, 0.9, 1.0, 1.2, 1.0]
+        along_y = torch.tensor([[0.0, d] for d in negatives], dtype=torch.float64)
+        values = per_item(origin, along_x, along_y)
+        expected = [_formula(name, margins, 1, d, dn) for d, dn in zip(distances, negatives)]
+    assert values.shape == (len(distances),)                          # reduction="none"
+    torch.testing.assert_close(values, torch.tensor(expected, dtype=torch.float64))
+    assert 0 < sum(v == 0 for v in expected) < len(expected)           # both sides of the hinges
+    # the registry's margins reach the loss: the profile's margins give other values here
+    paper = method.per_item_loss(method.margins(config.get_profile("paper")))
+    other = paper(origin, along_x, y if method.is_pair_loss else along_y)
+    assert not torch.allclose(other, values)
 
 
 def test_run_labels_find_their_method_and_colour():
@@ -67,6 +99,21 @@ def test_one_profile_resolver_keeps_overrides():
     assert config.synthetic_root(base) == config.DATA_DIR / "synthetic" / "smoke-seed0"
     assert config.synthetic_root(changed) != config.synthetic_root(base)
     assert config.synthetic_root(config.get_profile(base, ret_epochs=9)) == config.synthetic_root(base)
+    assert config.synthetic_settings(changed) == {**config.synthetic_settings(base), "render_size": 72}
+
+
+def test_get_profile_needs_a_profile_and_only_active_profile_reads_the_environment(monkeypatch):
+    monkeypatch.setenv(config.PROFILE_ENV, "smoke")
+    with pytest.raises(TypeError, match="name or a helpers.config.Profile"):
+        config.get_profile(None)
+    assert config.get_profile("paper").name == "paper"
+    assert config.active_profile() is config.PROFILES["smoke"]
+    assert config.active_profile(cls_lr=0.5).cls_lr == 0.5
+    monkeypatch.delenv(config.PROFILE_ENV)
+    assert config.active_profile().name == "tutorial"
+    monkeypatch.setenv(config.PROFILE_ENV, "huge")
+    with pytest.raises(ValueError, match="FIREARM_PROFILE='huge'"):
+        config.active_profile()
 
 
 def test_results_table_relative_column_matches_a_hand_computation():

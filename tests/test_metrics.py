@@ -327,3 +327,97 @@ def test_reality_check_metrics_by_hand():
     hits = (np.array([0, 0]), np.array([1, 2]), np.array([2]))
     values = {name: float(v[0]) for name, v in M.reality_check_from_ranks(*hits).items()}
     assert values == {"MAP@R": pytest.approx(0.25), "R-Precision": 0.5, "P@1": 0.0}
+
+
+# --------------------------------------------------------------------------- metrics from ranked ids
+def _loop_truncated_ap(ranked, relevant, mode):
+    """Reference: walk a top-k list; relevant items not in it add nothing."""
+    relevant = set(int(i) for i in relevant)
+    total, hits = 0.0, 0
+    for rank, item in enumerate(ranked):
+        if int(item) not in relevant:
+            continue
+        after = (hits + 1) / (rank + 1)
+        before = 1.0 if rank == 0 else hits / rank
+        total += after if mode == "standard" else (before + after) / 2
+        hits += 1
+    return total / len(relevant)
+
+
+def test_metrics_from_ids_hand_worked():
+    # query 0: relevant {3, 7, 9}; ranked 3, 5, 7 (9 not retrieved)
+    # query 1: relevant {2}; ranked 4, -1 (no result), 0: nothing relevant retrieved
+    ids = np.array([[3, 5, 7], [4, -1, 0]])
+    ground_truth = [np.array([9, 7, 3]), np.array([2])]
+    _, aps = M.mean_average_precision_from_ids(ids, ground_truth, n_db=10, mode="standard")
+    np.testing.assert_allclose(aps, [(1 / 1 + 2 / 3) / 3, 0.0])
+    _, aps = M.mean_average_precision_from_ids(ids, ground_truth, n_db=10, mode="trapezoid")
+    np.testing.assert_allclose(aps, [((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 3, 0.0])
+    assert M.recall_at_k_from_ids(ids, ground_truth, ks=(1, 3)) == {1: 0.5, 3: 0.5}
+    row = M.evaluate_ids(ids, ground_truth, ks=(1, 3, 4), name="top 3")
+    # R@4 needs a fourth id: left out; MAP@R of query 0 (R = 3): hits at ranks 1 and 3 -> (1/1 + 2/3) / 3
+    assert list(row) == ["name", "mAP (trapezoid)", "mAP (standard)", "R@1", "R@3", *M.REALITY_CHECK]
+    assert row["mAP (standard)"] == pytest.approx((1 + 2 / 3) / 3 / 2)
+    assert row["MAP@R"] == pytest.approx((1 + 2 / 3) / 3 / 2)
+    assert row["R-Precision"] == pytest.approx(2 / 3 / 2) and row["P@1"] == 0.5 == row["R@1"]
+
+
+def test_evaluate_ids_of_a_whole_database_ranking_equals_evaluate():
+    queries, database, ground_truth = _random_problem(n_queries=15, n_db=40, seed=8)
+    ground_truth[0] = np.concatenate([ground_truth[0], ground_truth[0][:1]])  # a duplicate counts once
+    scores = _scores(queries, database)
+    ids = np.argsort(-scores, axis=1, kind="stable")  # every query ranks the whole database
+    ks = (1, 4, 32, 100)
+    want = M.evaluate(queries, database, ground_truth, ks=ks, name="dense")
+    got = M.evaluate_ids(ids, ground_truth, ks=ks, name="dense", n_db=len(database))
+    assert list(got) == list(want) and got["R@100"] == want["R@100"] == 1.0  # K above n_db capped
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert 0.1 < got["mAP (trapezoid)"] < 0.9
+    # without n_db the rows might be a top-40 of a larger database: no R@100
+    top_40 = M.evaluate_ids(ids, ground_truth, ks=ks)
+    assert "R@100" not in top_40 and top_40["R@32"] == want["R@32"]
+
+
+@pytest.mark.parametrize("mode", M.AP_MODES)
+def test_evaluate_ids_of_a_top_k_list(mode):
+    queries, database, ground_truth = _random_problem(seed=1)
+    k = 15
+    ids = M.similarity_ranking(queries, database, k)
+    row = M.evaluate_ids(ids, ground_truth, n_db=len(database))
+    loop = np.mean([_loop_truncated_ap(r, gt, mode) for r, gt in zip(ids, ground_truth)])
+    assert row[f"mAP ({mode})"] == pytest.approx(loop, abs=1e-12)
+    full = M.evaluate(queries, database, ground_truth)
+    assert row[f"mAP ({mode})"] < full[f"mAP ({mode})"] - 1e-6  # some relevant items fall outside the top 15
+    assert {key: row[key] for key in ("R@1", "R@2", "R@4", "R@8", "P@1")} == \
+        {key: full[key] for key in ("R@1", "R@2", "R@4", "R@8", "P@1")}
+    assert "R@16" not in row and row["MAP@R"] <= full["MAP@R"] and row["R-Precision"] <= full["R-Precision"]
+
+
+def test_relevance_matrix_marks_no_result_as_irrelevant():
+    got = M.relevance_matrix(np.array([[2, -1, 0], [1, 0, 2]]), [[0, 2], [2]])
+    np.testing.assert_array_equal(got, [[True, False, True], [False, False, True]])
+
+
+def _bad_id_calls():
+    ids = np.tile(np.arange(5), (2, 1))
+    gt = [np.array([1]), np.array([2])]
+    return {
+        "mode": lambda: M.mean_average_precision_from_ids(ids, gt, 10, mode="interpolated"),
+        "ids must hold": lambda: M.mean_average_precision_from_ids(ids + 8, gt, 10),
+        "at most n_db": lambda: M.mean_average_precision_from_ids(ids, gt, 4),
+        "n_db must be": lambda: M.evaluate_ids(ids, gt, n_db=0),
+        "ids repeats": lambda: M.mean_average_precision_from_ids(np.zeros((2, 2), int), gt, 10),
+        "ids must be a 2-D": lambda: M.evaluate_ids(ids[0], gt),
+        "ground_truth has": lambda: M.mean_average_precision_from_ids(ids, gt[:1], 10),
+        "query 1 names database position 12": lambda: M.evaluate_ids(ids, [[1], [12]], n_db=10),
+        "query 0 names database position -2": lambda: M.recall_at_k_from_ids(ids, [[-2], [1]]),
+        "ks must be <=": lambda: M.recall_at_k_from_ids(ids, gt, ks=(1, 6), n_db=10),
+        "ks must be a non-empty": lambda: M.evaluate_ids(ids, gt, ks=()),
+    }
+
+
+@pytest.mark.parametrize("message", list(_bad_id_calls()))
+def test_bad_ids_raise_value_error_naming_them(message):
+    with pytest.raises(ValueError, match=message):
+        _bad_id_calls()[message]()

@@ -10,8 +10,8 @@ from helpers import config
 NOTEBOOK = config.REPO_ROOT / "notebooks" / "04_two_stage_training.ipynb"
 README = config.REPO_ROOT / "README.md"
 QUOTED = {
-    "the table over seeds": "Markdown(protocol.markdown_table(shown))",
-    "the verdicts": "protocol.claim_sentence(claim, row)",
+    "the table over seeds": "Markdown(shown.to_markdown())",
+    "the verdicts": "report.claim_sentence(claim, row)",
 }
 """What the README quotes: a code that identifies the notebook cell whose Markdown output it holds."""
 

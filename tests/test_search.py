@@ -1,11 +1,11 @@
-"""FAISS search against the dense ranking of helpers.metrics, hand loops and hand-worked cases."""
+"""FAISS search against the dense ranking of helpers.metrics, its metrics from ids, hand loops and hand-worked cases."""
 import numpy as np
 import pytest
 import torch
 
 from helpers import metrics as M
 from helpers import search as S
-from test_metrics import _random_problem  # random queries pulled towards their ground truth
+from test_metrics import _loop_truncated_ap, _random_problem  # top-k AP loop; queries near their ground truth
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -21,20 +21,6 @@ def _clustered(n_db=4000, n_queries=100, dim=32, n_centres=200, noise=0.2, seed=
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     return draw(n_queries), draw(n_db)
-
-
-def _loop_truncated_ap(ranked, relevant, mode):
-    """Reference: walk the top-k list; relevant items not in it add nothing."""
-    relevant = set(int(i) for i in relevant)
-    total, hits = 0.0, 0
-    for rank, item in enumerate(ranked):
-        if int(item) not in relevant:
-            continue
-        after = (hits + 1) / (rank + 1)
-        before = 1.0 if rank == 0 else hits / rank
-        total += after if mode == "standard" else (before + after) / 2
-        hits += 1
-    return total / len(relevant)
 
 
 # --------------------------------------------------------------------------- exact search
@@ -56,15 +42,15 @@ def test_full_ranking_metrics_equal_dense_metrics(mode):
     ground_truth[0] = np.concatenate([ground_truth[0], ground_truth[0][:1]])  # a duplicate counts once
     _, ids = S.search(S.build_index(database), queries, n_db)
     np.testing.assert_array_equal(ids, M.similarity_ranking(queries, database))
-    got_map, got_aps = S.mean_average_precision_from_ids(ids, ground_truth, n_db, mode=mode)
+    got_map, got_aps = M.mean_average_precision_from_ids(ids, ground_truth, n_db, mode=mode)
     want_map, want_aps = M.mean_average_precision(queries, database, ground_truth, mode=mode)
     assert abs(got_map - want_map) < 1e-12
     np.testing.assert_allclose(got_aps, want_aps, rtol=0, atol=1e-12)
     assert 0.05 < got_map < 0.95  # the APs are spread, not degenerate
-    assert S.recall_at_k_from_ids(ids, ground_truth, n_db=n_db) == M.recall_at_k(queries, database,
+    assert M.recall_at_k_from_ids(ids, ground_truth, n_db=n_db) == M.recall_at_k(queries, database,
                                                                                   ground_truth)
     # K above the database size is capped, as in metrics
-    assert (S.recall_at_k_from_ids(ids, ground_truth, ks=(5, 1000), n_db=n_db)
+    assert (M.recall_at_k_from_ids(ids, ground_truth, ks=(5, 1000), n_db=n_db)
             == M.recall_at_k(queries, database, ground_truth, ks=(5, 1000)))
 
 
@@ -73,27 +59,15 @@ def test_truncated_map_equals_hand_loop(mode):
     queries, database, ground_truth = _random_problem(seed=1)
     n_db, k = len(database), 15
     _, ids = S.search(S.build_index(database), queries, k)
-    got_map, got_aps = S.mean_average_precision_from_ids(ids, ground_truth, n_db, mode=mode)
+    got_map, got_aps = M.mean_average_precision_from_ids(ids, ground_truth, n_db, mode=mode)
     want = np.array([_loop_truncated_ap(row, gt, mode) for row, gt in zip(ids, ground_truth)])
     np.testing.assert_allclose(got_aps, want, rtol=0, atol=1e-12)
     assert got_map == pytest.approx(want.mean(), abs=1e-12)
     # truncation only loses precision terms, and some relevant items do fall outside the top k
     _, full_aps = M.mean_average_precision(queries, database, ground_truth, mode=mode)
     assert (got_aps <= full_aps + 1e-12).all() and (got_aps < full_aps - 1e-6).any()
-    assert (S.recall_at_k_from_ids(ids, ground_truth, ks=(1, 5, 15))
+    assert (M.recall_at_k_from_ids(ids, ground_truth, ks=(1, 5, 15))
             == M.recall_at_k(queries, database, ground_truth, ks=(1, 5, 15)))
-
-
-def test_metrics_from_ids_hand_worked():
-    # query 0: relevant {3, 7, 9}; ranked 3, 5, 7 (9 not retrieved)
-    # query 1: relevant {2}; ranked 4, -1 (no result), 0: nothing relevant retrieved
-    ids = np.array([[3, 5, 7], [4, -1, 0]])
-    ground_truth = [np.array([9, 7, 3]), np.array([2])]
-    _, aps = S.mean_average_precision_from_ids(ids, ground_truth, n_db=10, mode="standard")
-    np.testing.assert_allclose(aps, [(1 / 1 + 2 / 3) / 3, 0.0])
-    _, aps = S.mean_average_precision_from_ids(ids, ground_truth, n_db=10, mode="trapezoid")
-    np.testing.assert_allclose(aps, [((1 + 1) / 2 + (1 / 2 + 2 / 3) / 2) / 3, 0.0])
-    assert S.recall_at_k_from_ids(ids, ground_truth, ks=(1, 3)) == {1: 0.5, 3: 0.5}
 
 
 def test_recall_of_exact_topk_hand_worked():
@@ -218,7 +192,6 @@ def _bad_calls():
     assert ivf.nprobe == 4  # the default, min(8, nlist)
     exact = S.build_index(database)
     ids = np.tile(np.arange(5), (2, 1))
-    gt = [np.array([1]), np.array([2])]
     return {
         "kind": lambda: S.build_index(database, "hnsw"),
         "db_emb": lambda: S.build_index(database[0]),
@@ -233,12 +206,6 @@ def _bad_calls():
         "nprobe must be between": lambda: S.set_nprobe(ivf, 5),
         "nprobe must be between 1 and nlist=4": lambda: S.build_index(database, "ivf", nlist=4, nprobe=5),
         "nprobe only applies": lambda: S.set_nprobe(exact, 2),
-        "mode": lambda: S.mean_average_precision_from_ids(ids, gt, 10, mode="interpolated"),
-        "ids must hold": lambda: S.mean_average_precision_from_ids(ids + 8, gt, 10),
-        "at most n_db": lambda: S.mean_average_precision_from_ids(ids, gt, 4),
-        "ids repeats": lambda: S.mean_average_precision_from_ids(np.zeros((2, 2), int), gt, 10),
-        "ground_truth has": lambda: S.mean_average_precision_from_ids(ids, gt[:1], 10),
-        "ks must be <=": lambda: S.recall_at_k_from_ids(ids, gt, ks=(1, 6), n_db=10),
         "approx_ids": lambda: S.recall_of_exact_topk(ids[:, :3], ids, 4),
     }
 

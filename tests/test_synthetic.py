@@ -156,6 +156,9 @@ def test_metadata_lists_every_written_image(release, metadata):
     assert set(metadata["files"]) == image_files(release)
     assert metadata["seed"] == 3 and metadata["version"] == synthetic.GENERATOR_VERSION
     assert metadata["profile"] == TINY.name
+    # the data settings are the profile's SYNTHETIC_FIELDS, written as JSON (tuples as lists)
+    assert metadata["settings"] == {"n_train_categories": 6, "n_val_categories": 2, "n_test_categories": 2,
+                                    "images_per_category": [4, 7], "render_size": 32, "queries_per_category": 1}
 
 
 def test_category_table_rows_match_metadata(release, metadata):
@@ -226,9 +229,14 @@ def test_bad_profile_is_rejected_with_the_field_name(tmp_path, overrides, messag
         synthetic.make_synthetic_release(tmp_path / "x", profile, progress=False)
 
 
-def test_unknown_profile_name_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="unknown profile 'huge'"):
-        synthetic.make_synthetic_release(tmp_path / "x", "huge", progress=False)
+@pytest.mark.parametrize("call", [
+    lambda root: synthetic.make_synthetic_release(root, "smoke", progress=False),
+    lambda root: synthetic.make_categories(None),
+    lambda root: synthetic.render_background_only(root, "test", root / "out", "smoke"),
+])
+def test_a_profile_name_is_not_resolved_below_the_edge(tmp_path, call):
+    with pytest.raises(TypeError, match="resolved helpers.config.Profile"):
+        call(tmp_path / "x")
 
 
 def test_overridden_render_size_is_the_size_rendered(tmp_path):
@@ -257,7 +265,7 @@ def test_load_active_release_keeps_data_field_overrides(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tutorial_categories():
-    return synthetic.make_categories("tutorial", seed=0)
+    return synthetic.make_categories(config.get_profile("tutorial"), seed=0)
 
 
 def test_tutorial_split_sizes_and_unique_ascii_names(tutorial_categories):

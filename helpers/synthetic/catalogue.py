@@ -203,7 +203,10 @@ class Category:
 
 
 def _check_profile(profile: config.Profile) -> None:
-    """Reject synthetic settings that cannot produce a valid release, naming the bad value."""
+    """Reject a profile whose synthetic settings cannot produce a valid release, naming the bad value."""
+    if not isinstance(profile, config.Profile):
+        raise TypeError(f"profile must be a resolved helpers.config.Profile, got {type(profile).__name__} "
+                        f"{profile!r}")
     low, high = profile.images_per_category
     counts = dict(n_train_categories=profile.n_train_categories, n_val_categories=profile.n_val_categories,
                   n_test_categories=profile.n_test_categories)
@@ -339,15 +342,14 @@ def _assign_splits(families_of: list[str], n_val: int, n_test: int, rng: np.rand
     return splits
 
 
-def make_categories(profile="tutorial", seed: int = 0, difficulty: Difficulty | None = None) -> list[Category]:
+def make_categories(profile: config.Profile, seed: int = 0, difficulty: Difficulty | None = None) -> list[Category]:
     """The categories of a synthetic release: families, part variants, splits and image counts.
 
-    ``profile`` is a name, a :class:`helpers.config.Profile` or ``None`` (the
-    active profile). Deterministic in ``(profile, seed)``
-    and ``difficulty.category_jitter``; categories are created family by family
-    and numbered within their family ("assault rifle 07").
+    ``profile`` is a resolved :class:`helpers.config.Profile`; its
+    :data:`helpers.config.SYNTHETIC_FIELDS` are used. Deterministic in
+    ``(profile, seed)`` and ``difficulty.category_jitter``; categories are
+    created family by family and numbered within their family ("assault rifle 07").
     """
-    profile = config.get_profile(profile)
     _check_profile(profile)
     difficulty = difficulty or DIFFICULTY
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))

@@ -30,11 +30,9 @@ PARALLEL_MIN_IMAGES = 500
 
 
 def _settings(profile: config.Profile) -> dict:
-    """The profile fields the synthetic data depends on."""
+    """The profile's :func:`helpers.config.synthetic_settings`, as they read back from JSON (tuples as lists)."""
     return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in profile.to_dict().items()
-            if key in ("n_train_categories", "n_val_categories", "n_test_categories", "images_per_category",
-                       "render_size", "queries_per_category")}
+            for key, value in config.synthetic_settings(profile).items()}
 
 
 def _release_key(profile: config.Profile, seed: int, difficulty: Difficulty) -> dict:
@@ -159,14 +157,13 @@ def _swap_into_place(partial: Path, root: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def make_synthetic_release(root, profile="tutorial", seed: int = 0, *, progress: bool = True,
+def make_synthetic_release(root, profile: config.Profile, seed: int = 0, *, progress: bool = True,
                            workers: int | None = None, difficulty: Difficulty | None = None) -> Path:
     """Render the synthetic stand-in for Firearm 14k under ``root`` in the authors' release layout.
 
-    ``profile`` is a name, a
-    :class:`helpers.config.Profile` (overrides included) or ``None`` (the
-    active profile); its ``n_*_categories``,
-    ``images_per_category``, ``render_size`` and ``queries_per_category`` are
+    ``profile`` is a resolved :class:`helpers.config.Profile` (overrides
+    included); its :data:`helpers.config.SYNTHETIC_FIELDS` (``n_*_categories``,
+    ``images_per_category``, ``render_size`` and ``queries_per_category``) are
     used. The release is written to a sibling folder and renamed into place, so
     an interrupted run leaves nothing half-written. If ``root`` already holds a
     release with the same profile settings, seed, difficulty and generator
@@ -176,7 +173,6 @@ def make_synthetic_release(root, profile="tutorial", seed: int = 0, *, progress:
     ``root`` as a :class:`~pathlib.Path`.
     """
     root = Path(root).expanduser().absolute()
-    profile = config.get_profile(profile)
     _check_profile(profile)
     difficulty = difficulty or DIFFICULTY
     key = _release_key(profile, seed, difficulty)
@@ -232,7 +228,7 @@ def _metadata(key: dict, profile: config.Profile, categories: list[Category], pa
                 files=dict(sorted(files.items())))
 
 
-def render_background_only(root, split: str, out, profile=None, seed: int = 0, *,
+def render_background_only(root, split: str, out, profile: config.Profile, seed: int = 0, *,
                            difficulty: Difficulty | None = None, progress: bool = True) -> Path:
     """Write the images of one retrieval split of a synthetic release again, with the firearm left out.
 
@@ -244,7 +240,7 @@ def render_background_only(root, split: str, out, profile=None, seed: int = 0, *
     ``profile`` and ``seed``; returns ``out``.
     """
     root, out = Path(root), Path(out)
-    profile = config.get_profile(profile)
+    _check_profile(profile)
     difficulty = difficulty or DIFFICULTY
     if split not in RETRIEVAL_SPLITS:
         raise ValueError(f"split must be one of {list(RETRIEVAL_SPLITS)}, got {split!r}")

@@ -2,8 +2,8 @@
 
 Four commands, each a thin layer over the functions the notebooks call:
 
-* ``train-classifier``: stage 1, :func:`helpers.train.train_classifier`;
-* ``train-retrieval``: stage 2 or one-stage training, :func:`helpers.train.train_retrieval`
+* ``train-classifier``: stage 1, :func:`helpers.machinery.runs.train_classifier`;
+* ``train-retrieval``: stage 2 or one-stage training, :func:`helpers.machinery.runs.train_retrieval`
   (with ``--init classifier`` it trains or loads stage 1 first);
 * ``evaluate``: the paper's metrics of a retrieval run on the validation or test split;
 * ``build-index``: a FAISS index (:mod:`helpers.search`) over a split's database.
@@ -18,14 +18,15 @@ otherwise the profile's synthetic release with data seed
 
 ``--set FIELD=VALUE`` overrides a field of :class:`helpers.config.Profile` for
 every run of the command (stage 1 included); ``--epochs`` and the margin
-options change only the run the command is about, as the keyword overrides of
-``train_retrieval`` do in the notebooks. ``--out DIR`` writes
+options change only the run the command is about. What the command prints
+and writes about a run is its kept epoch, the one with the best validation
+score, whose weights the run holds. ``--out DIR`` writes
 ``<command>.json`` (what was run: keys, cache folders, metrics) and
 ``<command>.csv`` (the epochs table of a training command, the metrics of the
 others); ``build-index`` also writes ``index.faiss`` and ``database.txt``.
 
 Launched by ``torchrun --nproc_per_node=N -m helpers train-...`` the training
-commands train data-parallel (:mod:`helpers.distributed`): every process
+commands train data-parallel (:mod:`helpers.machinery.distributed`): every process
 trains its slice of each batch, and only rank 0 prints, writes the cache
 entry and the ``--out`` files. The run and its cache key are those of the
 same command run in one process.
@@ -40,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, methods
+from .. import config, methods
 
 INIT_NAMES = ("random", "imagenet", "classifier")
 SPLITS = ("validation", "test")
@@ -50,7 +51,7 @@ DEFAULT_TOP_K = 100
 _EXAMPLES = {
     "train-classifier": "python -m helpers train-classifier --profile tutorial --seed 0",
     "train-retrieval": "python -m helpers train-retrieval --profile tutorial --loss double --init classifier",
-    "evaluate": "python -m helpers evaluate --loss triplet --init random --split test --out results/cli",
+    "evaluate": "python -m helpers evaluate --loss triplet --init imagenet --split test --out results/cli",
     "build-index": ("python -m helpers build-index --loss double --init classifier --index ivfpq "
                     "--nprobe 8 --out results/index"),
     "torchrun": ("torchrun --standalone --nproc_per_node=4 -m helpers train-retrieval --profile paper "
@@ -312,7 +313,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _default_ks() -> tuple[int, ...]:
-    from .metrics import DEFAULT_KS
+    from ..metrics import DEFAULT_KS
 
     return DEFAULT_KS
 
@@ -321,7 +322,10 @@ def _default_ks() -> tuple[int, ...]:
 def _profile_and_overrides(args, error) -> tuple[config.Profile, dict]:
     """The profile of every run of the command (--profile and --set), and the overrides of its own run."""
     overrides = dict(args.overrides)
-    profile = config.get_profile(args.profile, **overrides)
+    if args.profile is None:  # the edge: the one place the command line resolves the profile
+        profile = config.active_profile(**overrides)
+    else:
+        profile = config.get_profile(args.profile, **overrides)
     own = {}
     if args.command == "train-classifier":
         if args.epochs is not None:
@@ -344,8 +348,11 @@ def _profile_and_overrides(args, error) -> tuple[config.Profile, dict]:
             flag = "--pos-margin" if args.pos_margin is not None else "--neg-margin"
             error(f"argument {flag}: the positive margin m1 must be below the negative margin m2, got "
                   f"m1 = {margins['pos_margin']:g} and m2 = {margins['neg_margin']:g}")
+        if args.init == "random" and profile.cut is not None:
+            error(f"argument --init: random weights cannot sit under a frozen trunk (profile {profile.name} "
+                  f"freezes the blocks below {profile.cut}); add --set cut=None to train the whole network")
         if args.init == "imagenet":
-            from . import models
+            from .. import models
 
             try:
                 models.check_imagenet_weights(profile.backbone)
@@ -375,42 +382,46 @@ def _check_index_options(args, error) -> None:
 
 
 # --------------------------------------------------------------------------- running the commands
+def _kept_scores(run) -> dict:
+    """The epochs-table row of the run's kept epoch (the best validation score), as plain numbers."""
+    row = run.epochs.loc[run.epochs["epoch"] == run.best_epoch].iloc[0]
+    return {k: (None if v != v else float(v)) for k, v in row.to_dict().items()}
+
+
 def _run_record(role: str, run) -> dict:
     """What the summary says about one run."""
-    last = run.epochs.iloc[-1].to_dict() if len(run.epochs) else {}
     return {"role": role, "kind": run.kind, "name": run.name, "key": run.key,
             "path": None if run.path is None else str(run.path), "from_cache": bool(run.from_cache),
-            "wall_time_s": round(float(run.wall_time), 3),
-            "final_epoch": {k: (None if v != v else float(v)) for k, v in last.items()}}
+            "wall_time_s": round(float(run.wall_time), 3), "last_epoch": run.last_epoch,
+            "kept_epoch": _kept_scores(run)}
 
 
 def _say(run, role: str) -> None:
     how = "loaded from the cache" if run.from_cache else f"trained in {run.wall_time:.1f} s"
-    last = run.epochs.iloc[-1]
-    scores = ", ".join(f"{k} {float(last[k]):.4f}" for k in run.epochs.columns if k.startswith("val_"))
-    print(f"{role}: {run.name}, key {run.key}, {how}; epoch {int(last['epoch'])}: {scores}\n  {run.path}",
-          flush=True)
+    print(f"{role}: {run.name}, key {run.key}, {how}; kept epoch {run.best_epoch} of {run.last_epoch}: "
+          f"{run.val_column} {run.best_score:.4f}\n  {run.path}", flush=True)
 
 
 def _train_runs(args, profile: config.Profile, own: dict, release) -> list[tuple[str, object]]:
     """Train or load the command's run(s): ``[(role, Run), ...]``, the command's own run last."""
-    from . import runs, train
+    from . import runs
 
     common = dict(seed=args.seed, device=args.device, progress=not args.no_progress)
+    own_profile = dataclasses.replace(profile, **own)
     if args.command == "train-classifier":
-        return [("stage 1", train.train_classifier(release, profile, **common, **own))]
+        return [("stage 1", runs.train_classifier(release, own_profile, **common))]
     done = []
-    init = args.init
+    init = args.init if args.init is not None else ("imagenet" if profile.weights else "random")
     if init == "classifier":
-        init = train.train_classifier(release, profile, **common)
+        init = runs.train_classifier(release, profile, **common)
         done.append(("stage 1", init))
         _say(init, "stage 1")
-    elif init is not None and init not in INIT_NAMES:
+    elif init not in INIT_NAMES:
         init = runs.load_run(init)
         if init.kind != "classifier":
             raise _UsageError("--init", f"{args.init} holds a {init.kind} run, not a stage-1 classifier run")
         done.append(("stage 1", init))
-    run = train.train_retrieval(release, args.loss, init=init, profile=profile, **common, **own)
+    run = runs.train_retrieval(release, args.loss, init, own_profile, **common)
     done.append(("retrieval", run))
     return done
 
@@ -423,14 +434,14 @@ class _UsageError(Exception):
 
 
 def _embed(run, split, profile: config.Profile, args):
-    from . import evaluation
+    from .. import evaluation
 
     model = run.model.to(config.get_device(args.device))
     return evaluation.embed_split(model, split, profile, progress=not args.no_progress)
 
 
 def _evaluate(args, profile, run, release) -> tuple[dict, "object"]:
-    from . import evaluation
+    from .. import evaluation
 
     split = getattr(release, args.split)
     query_emb, db_emb = _embed(run, split, profile, args)
@@ -446,7 +457,7 @@ def _build_index(args, profile, run, release) -> tuple[dict, "object"]:
     import faiss
     import pandas as pd
 
-    from . import metrics, search
+    from .. import metrics, search
 
     split = getattr(release, args.split)
     query_emb, db_emb = _embed(run, split, profile, args)
@@ -478,15 +489,15 @@ def _build_index(args, profile, run, release) -> tuple[dict, "object"]:
            "memory_bytes": search.index_memory_bytes(index),
            f"recall of exact top-{k}": search.recall_of_exact_topk(ids, exact_ids, k)}
     for mode in metrics.AP_MODES:
-        row[f"mAP ({mode}) from index top-{k}"] = search.mean_average_precision_from_ids(
+        row[f"mAP ({mode}) from index top-{k}"] = metrics.mean_average_precision_from_ids(
             ids, ground_truth, n_db, mode=mode)[0]
-        row[f"mAP ({mode}) from exact top-{k}"] = search.mean_average_precision_from_ids(
+        row[f"mAP ({mode}) from exact top-{k}"] = metrics.mean_average_precision_from_ids(
             exact_ids, ground_truth, n_db, mode=mode)[0]
         row[f"mAP ({mode}), full ranking"] = metrics.mean_average_precision(
             query_emb, db_emb, ground_truth, mode=mode)[0]
     ks = tuple(K for K in metrics.DEFAULT_KS if K <= k)
     row.update({f"R@{K} from index": value
-                for K, value in search.recall_at_k_from_ids(ids, ground_truth, ks, n_db=n_db).items()})
+                for K, value in metrics.recall_at_k_from_ids(ids, ground_truth, ks, n_db=n_db).items()})
     print(f"\n{args.index} index over the {args.split} database: {n_db} vectors of dim {index.dim}, "
           f"built in {build_s:.2f} s, {len(query_emb)} queries searched in {search_s * 1e3:.1f} ms")
     print(pd.Series({name: value for name, value in row.items() if name not in ("index",)}).to_string())
@@ -534,7 +545,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if args.command == "build-index":
         _check_index_options(args, sub.error)
 
-    from . import data, distributed
+    from .. import data
+    from . import distributed
 
     if distributed.launched_by_torchrun():
         device = config.get_device(args.device)

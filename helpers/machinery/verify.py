@@ -1,10 +1,10 @@
 """``make verify``: re-execute the notebooks in a temporary folder and diff their text outputs with the committed ones.
 
-Usage: ``python -m helpers.verify [--cache DIR] [--keep DIR] notebooks/*.ipynb``
+Usage: ``python -m helpers.machinery.verify [--cache DIR] [--keep DIR] notebooks/*.ipynb``
 
 Each notebook is copied into a temporary folder, executed there with
 nbconvert at the active profile (``FIREARM_PROFILE``), its progress bars
-collapsed as ``make run`` does (:func:`helpers.notebook.finalize`), and the
+collapsed as ``make run`` does (:func:`.finish.finalize`), and the
 text of every cell's outputs (streams, ``text/plain``, ``text/markdown``,
 errors) compared line by line with the committed notebook. Figures are not
 compared (their bytes depend on the fonts); their captions and tables are.
@@ -13,8 +13,8 @@ What legitimately changes from run to run is masked before comparing
 (:func:`normalise`): durations (``12.3 s``, ``4 min``, ``83 ms``), rates
 (``it/s``), memory sizes, the ``from cache`` flags and remarks, and progress
 bars, which are printed only when the work runs rather than loads from the
-cache. A cell whose source starts with ``# verify: skip`` (timing
-benchmarks) is left out, and the report says so.
+cache. A cell tagged ``verify-skip`` in its metadata (timing benchmarks)
+is left out, and the report says so.
 
 By default the notebooks run with an **empty** run cache (``--cache``
 defaults to a new temporary folder), so every model is trained again from
@@ -35,9 +35,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import config, notebook
+from .. import config
+from .finish import finalize
 
-SKIP_MARK = "# verify: skip"
+SKIP_TAG = "verify-skip"
+"""The cell tag that leaves a cell out of the comparison (its outputs are measured timings)."""
 _MASKS = [
     (re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?\s?(?:s/it|it/s|batch/s|s/batch|run/s|s/run|epoch/s|s/epoch)"), "<rate>"),
     (re.compile(r"\[\d+:\d+(?::\d+)?(?:<[\d:?]+)?(?:,[^\]]*)?\]"), "[<elapsed>]"),
@@ -80,9 +82,8 @@ def cell_texts(path: Path) -> list[tuple[int, str, bool]]:
     for number, cell in enumerate(book["cells"]):
         if cell["cell_type"] != "code":
             continue
-        source = "".join(cell["source"])
         text = "\n".join(_output_text(o) for o in cell.get("outputs", []))
-        cells.append((number, normalise(text), source.lstrip().startswith(SKIP_MARK)))
+        cells.append((number, normalise(text), SKIP_TAG in cell.get("metadata", {}).get("tags", [])))
     return cells
 
 
@@ -110,7 +111,7 @@ def execute(path: Path, folder: Path, cache: Path) -> Path:
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
                     "--ExecutePreprocessor.timeout=3600", str(copy)], check=True, env=env,
                    cwd=path.resolve().parent)
-    notebook.finalize(copy)
+    finalize(copy)
     return copy
 
 
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(fresh, args.keep / path.name)
     print(f"\n{len(args.notebooks)} notebooks re-executed with the run cache {cache}; {skipped} timing cell(s) "
-          f"marked '{SKIP_MARK}' not compared")
+          f"tagged '{SKIP_TAG}' not compared")
     for failure in failures:
         print("\n" + failure)
     shutil.rmtree(work, ignore_errors=True)

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
+
+from .. import train
 
 
 def world() -> tuple[int, int]:
@@ -144,31 +147,33 @@ def rank_slice(size: int, rank: int, world_size: int) -> slice:
 
 
 class RankBatches(Sampler):
-    """This rank's slice of every global batch of a seeded shuffle of ``range(n)``.
+    """This rank's slice of every batch of :func:`helpers.train.epoch_batches`.
 
-    The order is ``torch.randperm(n)`` under a generator seeded with ``seed``
-    and depends on nothing else; it is cut into global batches of
-    ``batch_size`` (the last may be shorter). With one process the slices are
-    the whole batches; over ranks ``0..N-1`` they concatenate back to them.
+    With one process the slices are the whole batches; over ranks
+    ``0..N-1`` they concatenate back to them.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.n, self.batch_size, self.seed, self.rank, self.world_size = n, batch_size, seed, rank, world_size
-
-    def global_batches(self) -> list[list[int]]:
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(int(self.seed))).tolist()
-        return [order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size)]
+        self.batches = train.epoch_batches(n, batch_size, seed, epoch)
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self):
-        for batch in self.global_batches():
+        for batch in self.batches:
             yield batch[rank_slice(len(batch), self.rank, self.world_size)]
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return len(self.batches)
+
+
+def epoch_loader(dataset, batch_size: int, seed: int, epoch: int, num_workers: int = 0) -> DataLoader:
+    """:func:`helpers.train.epoch_loader`, each process loading its slice of every batch."""
+    rank, world_size = world()
+    if world_size == 1:
+        return train.epoch_loader(dataset, batch_size, seed, epoch, num_workers)
+    return DataLoader(dataset, batch_sampler=RankBatches(len(dataset), batch_size, seed, epoch, rank, world_size),
+                      num_workers=num_workers)
 
 
 class _SumOverRanks(torch.autograd.Function):
@@ -262,9 +267,41 @@ def _replace_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel over the process group (``model`` itself with one process)."""
+def data_parallel_step(step: Callable, top: nn.Module, device: torch.device, batch_weight: Callable) -> Callable:
+    """``step`` run through DistributedDataParallel over the process group (``step`` itself with one process).
+
+    Each process holds a slice of the global batch: its loss is scaled by
+    its share of the batch (``batch_weight(batch)``, :func:`loss_share`),
+    and the statistics, and the loss recorded, are averaged over the
+    processes (the loss is then exactly the global batch's).
+    """
     if not is_distributed():
-        return model
+        return step
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    parallel = DistributedDataParallel(top, device_ids=[device.index] if device.type == "cuda" else None)
+    world_size = world()[1]
+
+    def shared_step(model: nn.Module, batch):
+        loss, stats = step(parallel, batch)
+        loss = loss * loss_share(batch_weight(batch), loss.device)
+        values = torch.stack([loss.detach().float()] + [torch.as_tensor(v, device=loss.device).float()
+                                                        for v in stats.values()])
+        values = (all_sum(values) / world_size).tolist()
+        return loss, {"loss": values[0], **dict(zip(stats, values[1:]))}
+    return shared_step
+
+
+def agreed(validate: Callable[[nn.Module], float]) -> Callable[[nn.Module], float]:
+    """``validate`` whose score is rank 0's on every rank, so that decisions (the kept epoch, stopping) agree."""
+    if not is_distributed():
+        return validate
+    return lambda model: broadcast_float(validate(model))
+
+
+def plain_batchnorm(top: nn.Module, fresh: Callable[[], nn.Module]) -> nn.Module:
+    """``top`` back with plain BatchNorm after data-parallel training: a ``fresh()`` module with its weights."""
+    if not is_distributed():
+        return top
+    plain = fresh()
+    plain.load_state_dict(top.state_dict())
+    return plain
