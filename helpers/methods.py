@@ -9,6 +9,7 @@ methods up in :data:`METHODS` (:func:`get`) rather than branching on names.
 
 >>> [m.name for m in METHODS.values()]
 ['single', 'double', 'triplet']
+>>> from helpers import config
 >>> get("double").margins(config.PROFILES["paper"])
 {'pos_margin': 0.8, 'neg_margin': 1.2}
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from . import config, losses
+from . import losses
 
 NEUTRAL_COLOUR = "#666666"
 """Colour of anything that is not one of the methods (a classifier, an untrained network)."""

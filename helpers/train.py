@@ -274,7 +274,7 @@ def _check_finite(rows: list[dict], epoch: int, lr: float, first_iteration: int)
 def fit(model: nn.Module, optimizer, scheduler, loader_for: Callable[[int], object], step: Callable,
         validate: Callable[[nn.Module], float], epochs: int, *, patience: int | None = None,
         history: History | None = None, on_epoch_end: Callable[[History], None] | None = None,
-        progress: bool = True, desc: str = "training") -> History:
+        progress: bool = True, desc: str = "training", score_name: str = "val") -> History:
     """Train for ``epochs`` epochs (or fewer with ``patience``) and end with the best validation epoch's weights.
 
     The untrained model is scored first, as epoch 0. Each epoch then trains
@@ -284,7 +284,8 @@ def fit(model: nn.Module, optimizer, scheduler, loader_for: Callable[[int], obje
     gone by without a better score. A loss that is not finite stops it with
     a ``FloatingPointError`` naming the epoch, the iteration and the
     learning rate. ``history`` resumes an interrupted run;
-    ``on_epoch_end(history)`` is called after every epoch. At the end
+    ``on_epoch_end(history)`` is called after every epoch; the progress bar
+    shows the score as ``score_name``. At the end
     ``model`` holds the weights of the best epoch, which may be epoch 0.
     """
     if history is None:
@@ -296,7 +297,7 @@ def fit(model: nn.Module, optimizer, scheduler, loader_for: Callable[[int], obje
                total=epochs, initial=history.next_epoch - 1)
     for epoch in bar:
         if patience is not None and history.epochs[-1]["epoch"] - history.best_epoch >= patience:
-            bar.set_postfix_str(f"stopped early at epoch {epoch - 1} of {epochs}, best epoch {history.best_epoch}")
+            bar.set_postfix_str(f"stopped early; kept epoch {history.best_epoch}")
             break
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -304,7 +305,8 @@ def fit(model: nn.Module, optimizer, scheduler, loader_for: Callable[[int], obje
         _check_finite(rows, epoch, lr, len(history.iterations) + 1)
         scheduler.step()
         row = history.record(epoch, validate(model), time.perf_counter() - began, model, rows, lr)
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{row['val']:.4f}", best=history.best_epoch)
+        bar.set_postfix({"loss": f"{row['train_loss']:.4f}", score_name: f"{row['val']:.4f}",
+                         "best": history.best_epoch})
         if on_epoch_end is not None:
             on_epoch_end(history)
     bar.close()

@@ -134,9 +134,11 @@ def test_profile_overrides_follow_the_field_types():
 
 
 # --------------------------------------------------------------------------- end to end, smoke profile
-def test_train_retrieval_shares_the_notebooks_cache(world):
+def test_train_retrieval_shares_the_notebooks_cache(world, capsys):
     out = world["out"] / "train"
+    capsys.readouterr()
     summary = run_cli(["train-retrieval", *COMMON, *DOUBLE], out)
+    printed = capsys.readouterr().out
     (record,) = summary["runs"]
     assert (summary["profile"], summary["seed"], summary["data_seed"]) == ("smoke", 0, config.DEFAULT_SEED)
     assert summary["profile_overrides"] == QUICK and record["from_cache"] is False
@@ -146,6 +148,7 @@ def test_train_retrieval_shares_the_notebooks_cache(world):
     kept = int(epochs["val_mAP"].idxmax())
     assert record["kept_epoch"]["epoch"] == kept and record["kept_epoch"]["val_mAP"] == pytest.approx(
         epochs["val_mAP"].max())
+    assert f"kept epoch {kept} of 1: val_mAP {epochs['val_mAP'].max():.4f}" in printed   # the kept model's score
 
     # the notebooks' call loads the run the command line trained (the other way round: stage 1 below)
     run = runs.train_retrieval(world["release"], "double", "imagenet", profile(), seed=0, device="cpu",

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import TRAIN_CATEGORIES, build_release, write_image
-from helpers import config, imagenet, models
+from helpers import config, imagenet, layout, models
 from helpers import data as D
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def test_loader_reads_categories_and_counts(release):
     # every retrieval training image sits in the folder of its label
     for path, label in zip(rel.retrieval_train.paths, rel.retrieval_train.labels):
         assert path.parent.name == rel.categories[label]
-        assert path.suffix.lower() in D.IMAGE_EXTENSIONS
+        assert path.suffix.lower() in layout.IMAGE_EXTENSIONS
     # the fixture's split sizes: test 2 + 1 + 1 queries over 3 categories, validation 2 categories
     assert len(rel.test.queries) == 4 and rel.test.n_groups == 3
     assert len(rel.validation.database) == 3 + 4 + 1 and rel.validation.n_groups == 2
@@ -585,7 +585,7 @@ def test_load_active_release_loads_the_synthetic_release_of_the_profile(tmp_path
             build_release(root)
         return root
 
-    monkeypatch.setattr(D, "make_synthetic_release", fake_generator)
+    monkeypatch.setattr(D.release, "make_synthetic_release", fake_generator)
     smoke = config.get_profile("smoke")
     first = D.load_active_release(smoke, seed=3, progress=False)
     monkeypatch.setenv(config.PROFILE_ENV, "tutorial")   # the profile passed in wins; the variable is not read

@@ -35,7 +35,7 @@ from .. import config, data, models
 from ..progress import bar as tqdm
 from .cache import atomic_write, code_version
 
-FEATURE_CODE = ("data", "imagenet", "models", "machinery.features")
+FEATURE_CODE = ("data.images", "data.transforms", "imagenet", "models", "machinery.features")
 """Modules whose code shapes the cached maps: part of every store's key."""
 BATCH_SIZE = 64
 

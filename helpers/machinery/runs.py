@@ -40,11 +40,13 @@ from torch.utils.data import DataLoader
 
 from .. import config, data, methods, metrics, models, train
 from . import distributed, features
-from .cache import atomic_write, code_version, write_text
+from . import cache
+from .cache import atomic_write, write_text
 
 RUN_FILES = ("config.json", "history.csv", "epochs.csv", "model.pt")
 CHECKPOINT_FILE = "checkpoint.pt"
-RUN_CODE = ("config:seed_everything", "data", "imagenet", "losses", "methods", "metrics", "models", "train",
+RUN_CODE = ("config:seed_everything", "data.release", "data.images", "data.transforms", "data.samplers", "imagenet",
+            "losses", "methods", "metrics", "models", "train",
             "machinery.runs", "machinery.features", "machinery.distributed")
 """The code that shapes a run's result, hashed into :func:`code_version`: training, the validation
 metric that picks the kept epoch, and the seeding."""
@@ -115,8 +117,6 @@ class Run:
 
 def code_version() -> str:
     """Hash of the meaning (docstrings and comments left out) of :data:`RUN_CODE`: part of every run's key."""
-    from . import cache
-
     return cache.code_version(RUN_CODE)
 
 
@@ -395,7 +395,7 @@ def load_or_fit(recipe: Recipe, *, device=None, cache: bool = True, progress: bo
                         distributed.data_parallel_step(training.step, top, device, training.batch_weight),
                         distributed.agreed(training.validate), recipe.epochs, patience=recipe.patience,
                         history=history, on_epoch_end=after_epoch, progress=progress and distributed.is_main(),
-                        desc=recipe.folder_kind)
+                        desc=recipe.folder_kind, score_name=val_column)
     network = training.network
     network.top = distributed.plain_batchnorm(top, lambda: recipe.build().top).cpu()
     epochs_table = pd.DataFrame(history.epochs).rename(columns={"val": val_column})
