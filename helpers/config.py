@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import asdict, dataclass, fields, replace
@@ -143,12 +144,88 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+
+
+def _positive(value) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _ordered_pair(value) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_positive, value)) \
+        and value[0] <= value[1]
+
+
+POSITIVE_INTS = ("n_train_categories", "n_val_categories", "n_test_categories", "render_size",
+                 "queries_per_category", "eval_size", "cls_lr_step", "cls_batch_size", "ret_lr_step", "ret_batch_size", "pairs_per_category", "regenerate_every", "eval_batch_size")
+POOLINGS = ("mac", "spoc", "gem")
+OPTIMIZERS = ("sgd", "adam")
+CUT_RANGE = range(0, 17)
+"""The cuts of ``efficientnet_lite0``: 0 to 16 (see :func:`helpers.models.build_backbone`)."""
+
+
+def _profile_rules(profile: Profile) -> list[tuple[str, bool, str]]:
+    """``(field, passes, what is allowed)`` for every field of ``profile``: the one table of rules."""
+    from .models import BACKBONES  # imported here: models imports this module
+
+    p = profile
+    rules = [(name, _positive(getattr(p, name)), "an integer >= 1") for name in POSITIVE_INTS]
+    rules += [(name, _ordered_pair(getattr(p, name)), "a pair (min, max) of integers >= 1 with min <= max")
+              for name in ("images_per_category", "train_size_range")]
+    rules += [(name, _is_int(getattr(p, name)) and getattr(p, name) >= 0,
+               "an integer >= 0 (0 keeps the starting network, epoch 0)") for name in ("cls_epochs", "ret_epochs")]
+    rules += [(name, getattr(p, name) is None or _positive(getattr(p, name)), "None or an integer >= 1")
+              for name in ("cls_patience", "ret_patience", "embedding_dim")]
+    rules += [(name, _is_number(getattr(p, name)) and getattr(p, name) > 0, "a finite number > 0")
+              for name in ("cls_lr", "ret_lr", "single_margin", "triplet_margin")]
+    rules += [(name, _is_number(getattr(p, name)) and getattr(p, name) >= 0, "a finite number >= 0")
+              for name in ("weight_decay", "pos_margin", "neg_margin")]
+    rules += [
+        ("name", isinstance(p.name, str) and p.name.strip() != "", "a non-empty string"),
+        ("num_workers", _is_int(p.num_workers) and p.num_workers >= 0, "an integer >= 0"),
+        ("momentum", _is_number(p.momentum) and 0 <= p.momentum < 1, "a number in [0, 1)"),
+        ("pos_margin", not (_is_number(p.pos_margin) and _is_number(p.neg_margin)) or p.pos_margin < p.neg_margin,
+         f"below neg_margin ({p.neg_margin!r})"),
+        ("backbone", p.backbone in BACKBONES, f"one of {list(BACKBONES)}"),
+        ("pooling", p.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
+        ("weights", p.weights is None or p.weights == "imagenet", "None (random init) or 'imagenet'"),
+        ("optimizer", p.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+        ("cut", p.cut is None or (_is_int(p.cut) and p.cut in CUT_RANGE),
+         f"None or an integer from {CUT_RANGE.start} to {CUT_RANGE.stop - 1}"),
+        ("cut", p.cut is None or p.backbone == "efficientnet_lite0",
+         f"None with backbone {p.backbone!r} (a cut needs efficientnet_lite0)"),
+        ("feature_views", p.cut is None or _positive(p.feature_views), "an integer >= 1 when cut is set"),
+    ]
+    return rules
+
+
+def check_profile(profile: Profile) -> Profile:
+    """Check every field of ``profile``; return it, or raise a one-line ``ValueError`` naming the first bad field.
+
+    The message gives the field, its value and what is allowed; every way to
+    make a profile (:func:`get_profile`, :func:`active_profile`, a notebook's
+    overrides, the command line's ``--set``) goes through here.
+    """
+    for name, passes, allowed in _profile_rules(profile):
+        if not passes:
+            raise ValueError(f"profile {profile.name!r}: {name}={getattr(profile, name)!r} is not allowed; "
+                             f"expected {allowed}")
+    return profile
+
+
 def get_profile(profile: "Profile | str", **overrides) -> Profile:
     """A :class:`Profile` from a name of :data:`PROFILES` or a Profile, with keyword ``overrides``.
 
     ``get_profile("smoke", ret_epochs=3)`` is the smoke profile with one
     field changed. A :class:`Profile` is taken as it is, so overrides made
-    earlier are kept. Unknown fields raise a ``TypeError``.
+    earlier are kept. Unknown fields raise a ``TypeError``, invalid values a
+    one-line ``ValueError`` (:func:`check_profile`).
     """
     if isinstance(profile, str):
         name = profile.strip().lower()
@@ -158,11 +235,11 @@ def get_profile(profile: "Profile | str", **overrides) -> Profile:
     elif not isinstance(profile, Profile):
         raise TypeError(f"profile must be a name or a helpers.config.Profile, got {type(profile).__name__}")
     if not overrides:
-        return profile
+        return check_profile(profile)
     unknown = sorted(set(overrides) - {f.name for f in fields(Profile)})
     if unknown:
         raise TypeError(f"unknown profile field(s) {unknown}; expected fields of helpers.config.Profile")
-    return replace(profile, **overrides)
+    return check_profile(replace(profile, **overrides))
 
 
 def active_profile(**overrides) -> Profile:

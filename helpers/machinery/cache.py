@@ -1,4 +1,4 @@
-"""What the run and feature caches share: atomic writes and the version of the code that made an entry.
+"""What the run and feature caches share: atomic writes, integrity records (manifests) and the version of the code that made an entry.
 
 An entry made by other code must never be loaded, and an entry must not be
 thrown away for an edit that cannot change it. :func:`code_version` hashes
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import tempfile
+import warnings
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -69,16 +72,33 @@ def code_version(names: tuple[str, ...]) -> str:
     return digest_of_sources(sources)
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc`` where it can be, else set and restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename it over ``path``.
 
     A reader never sees a half-written file, and a crash leaves no partial one.
+    The file gets the mode the umask allows (``0o666 & ~umask``), not
+    :func:`tempfile.mkstemp`'s private 0600, so a shared cache stays readable.
     """
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -92,3 +112,121 @@ def write_text(path: Path, text: str) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
     atomic_write(path, write)
+
+
+# --------------------------------------------------------------------------- integrity records
+
+MANIFEST = "manifest.json"
+"""The integrity record of a folder entry; a single-file entry ``x.pt`` has ``x.pt.manifest.json`` beside it."""
+MANIFEST_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+class DamagedEntry(Exception):
+    """A cache entry whose files do not match their manifest, or cannot be read; the message is one line."""
+
+
+class DamagedEntryWarning(UserWarning):
+    """Issued when a damaged cache entry is moved aside to be made again."""
+
+
+def one_line(text) -> str:
+    """``text`` with its lines joined: every message about a damaged entry fits on one line."""
+    return " ".join(str(text).split())
+
+
+def damaged(file: Path, problem: str) -> DamagedEntry:
+    """The :class:`DamagedEntry` naming ``file`` and what is wrong with it."""
+    return DamagedEntry(one_line(f"damaged cache file {file}: {problem}"))
+
+
+def manifest_path(entry: Path) -> Path:
+    """Where the manifest of ``entry`` lives: inside a folder, beside a file."""
+    entry = Path(entry)
+    return entry / MANIFEST if entry.is_dir() else entry.with_name(entry.name + "." + MANIFEST)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(entry: Path, files) -> Path:
+    """Atomically write the manifest of ``entry`` (a folder or a file): each file's name, size and SHA-256.
+
+    ``files`` are paths (or names inside the manifest's folder); write it
+    last, after every file it lists, so its presence marks the entry complete.
+    """
+    path = manifest_path(entry)
+    records = []
+    for file in files:
+        file = path.parent / file
+        records.append({"name": file.name, "size": file.stat().st_size, "sha256": sha256_of(file)})
+    write_text(path, json.dumps({"format": MANIFEST_FORMAT, "files": records}, indent=2) + "\n")
+    return path
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["files"]
+        return [{"name": str(r["name"]), "size": int(r["size"]), "sha256": str(r["sha256"])} for r in records]
+    except FileNotFoundError:
+        raise damaged(path, "manifest missing") from None
+    except Exception as error:  # noqa: BLE001 - any fault of the record is the same fault
+        raise damaged(path, f"manifest unreadable ({type(error).__name__}: {error})") from None
+
+
+def check_entry(entry: Path, hashes: bool = True, expected=None) -> list[str]:
+    """Check ``entry`` against its manifest: sizes always, SHA-256 with ``hashes``; return the names it lists.
+
+    Raises :class:`DamagedEntry` (one line naming the file and the fault) when
+    the manifest is missing or unreadable, does not list exactly ``expected``
+    (when given), or a file is missing, has another size or other content.
+    """
+    path = manifest_path(entry)
+    records = _read_manifest(path)
+    names = [r["name"] for r in records]
+    if expected is not None and sorted(names) != sorted(expected):
+        raise damaged(path, f"manifest lists {names} instead of {list(expected)}")
+    for record in records:
+        file = path.parent / record["name"]
+        if not file.is_file():
+            raise damaged(file, "missing")
+        size = file.stat().st_size
+        if size != record["size"]:
+            raise damaged(file, f"size {size} bytes instead of {record['size']}")
+        if hashes and sha256_of(file) != record["sha256"]:
+            raise damaged(file, "content hash differs from its manifest")
+    return names
+
+
+def parsed(file: Path, read: Callable):
+    """``read(file)``, any failure of it turned into a one-line :class:`DamagedEntry` naming ``file``."""
+    try:
+        return read(file)
+    except Exception as error:  # noqa: BLE001 - torch, pandas and json fail in many ways
+        raise damaged(file, f"unreadable ({type(error).__name__}: {error})") from None
+
+
+def move_aside(entry: Path) -> Path:
+    """Rename a damaged entry (and a file's manifest) to ``<name>.damaged-<UTC time>``; nothing is deleted."""
+    entry = Path(entry)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = entry.with_name(f"{entry.name}.damaged-{stamp}")
+    sidecar = manifest_path(entry)
+    if entry.exists():
+        os.replace(entry, target)
+    if not entry.is_dir() and sidecar.parent == entry.parent and sidecar.exists():
+        os.replace(sidecar, target.with_name(target.name + "." + MANIFEST))
+    return target
+
+
+def set_aside(entry: Path, error: Exception) -> Path:
+    """Warn in one line that ``entry`` is damaged, and :func:`move_aside` it so it is made again."""
+    target = move_aside(entry)
+    warnings.warn(one_line(f"{error}; moved aside to {target.name}, making it again"), DamagedEntryWarning,
+                  stacklevel=3)
+    return target

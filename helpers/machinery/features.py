@@ -18,7 +18,10 @@ stored.
   answered from the cache.
 
 A store is keyed by the backbone, weights and cut, the transform settings and
-the version of the code that makes the maps.
+the version of the code that makes the maps. Every store file and shard has a
+manifest beside it (``<file>.manifest.json``, :func:`.cache.write_manifest`),
+checked when it is read: a damaged one is reported in one line, moved aside
+and its maps computed again.
 """
 from __future__ import annotations
 
@@ -33,11 +36,42 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import config, data, models
 from ..progress import bar as tqdm
-from .cache import atomic_write, code_version
+from .cache import DamagedEntry, atomic_write, check_entry, code_version, manifest_path, parsed, set_aside, \
+    write_manifest
 
 FEATURE_CODE = ("data.images", "data.transforms", "imagenet", "models", "machinery.features")
 """Modules whose code shapes the cached maps: part of every store's key."""
 BATCH_SIZE = 64
+
+
+def features_dir() -> Path:
+    """``cache/features``, not created until something is written there."""
+    return config.CACHE_DIR / "features"
+
+
+def write_checked(file: Path, payload: dict) -> None:
+    """Atomically save ``payload`` to ``file``, then its manifest beside it."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, lambda temporary: torch.save(payload, temporary))
+    write_manifest(file, [file.name])
+
+
+def _load_maps(file: Path) -> dict:
+    entry = dict(torch.load(file, weights_only=True))
+    maps = 0 if entry["maps"] is None else entry["maps"].shape[-4]
+    if len(entry["digests"]) != maps:
+        raise ValueError(f"{len(entry['digests'])} image digests for {maps} maps")
+    return entry
+
+
+def read_checked(file: Path) -> dict | None:
+    """The store or shard saved in ``file``; ``None`` when it is damaged (reported in one line and moved aside)."""
+    try:
+        check_entry(file, hashes=True, expected=[file.name])
+        return parsed(file, _load_maps)
+    except DamagedEntry as error:
+        set_aside(file, error)
+        return None
 
 
 def store_key(spec: models.ModelSpec, **settings) -> str:
@@ -121,8 +155,9 @@ def train_view_maps(network: models.Network, paths, size_range: tuple[int, int],
     if views < 1:
         raise ValueError(f"feature_views must be at least 1 when a trunk is frozen, got {views}")
     key = store_key(spec, kind="train", sizes=list(size_range), views=views)
-    file = config.cache_dir("features") / f"{spec.backbone}-cut{spec.cut}-train-{key}.pt" if cache else None
-    store = torch.load(file, weights_only=True) if cache and file.is_file() else {"digests": [], "maps": None}
+    file = features_dir() / f"{spec.backbone}-cut{spec.cut}-train-{key}.pt" if cache else None
+    store = read_checked(file) if cache and (file.is_file() or manifest_path(file).is_file()) else None
+    store = store or {"digests": [], "maps": None}
     digests = [file_digest(p) for p in paths]
     known = {d: i for i, d in enumerate(store["digests"])}
     missing = list(dict.fromkeys(d for d in digests if d not in known))
@@ -137,7 +172,7 @@ def train_view_maps(network: models.Network, paths, size_range: tuple[int, int],
         store = {"digests": store["digests"] + missing,
                  "maps": new if store["maps"] is None else torch.cat([store["maps"], new], dim=1)}
         if cache:
-            atomic_write(file, lambda temporary: torch.save(store, temporary))
+            write_checked(file, store)
         known = {d: i for i, d in enumerate(store["digests"])}
     return store["maps"][:, [known[d] for d in digests]]
 
@@ -187,8 +222,9 @@ class CachedFrozen(nn.Module):
         if self._maps is None:
             self._maps = {}
             for shard in sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []:
-                entry = torch.load(shard, weights_only=True)
-                self._maps.update(zip(entry["digests"], entry["maps"]))
+                entry = read_checked(shard)  # a damaged shard is moved aside: its maps are computed again
+                if entry is not None:
+                    self._maps.update(zip(entry["digests"], entry["maps"]))
         return self._maps
 
     @torch.no_grad()
@@ -200,10 +236,8 @@ class CachedFrozen(nn.Module):
             maps = frozen_maps(self.inner, images[missing]).cpu()
             fresh = [digests[i] for i in missing]
             store.update(zip(fresh, maps))
-            self.folder.mkdir(parents=True, exist_ok=True)
             name = hashlib.sha1("".join(fresh).encode("utf-8")).hexdigest()[:16]
-            atomic_write(self.folder / f"{name}.pt",
-                         lambda temporary: torch.save({"digests": fresh, "maps": maps}, temporary))
+            write_checked(self.folder / f"{name}.pt", {"digests": fresh, "maps": maps})
         return torch.stack([store[d] for d in digests]).float().to(images.device)
 
 
@@ -219,5 +253,5 @@ def with_cached_frozen(network: models.Network) -> models.Network:
     if spec.cut is None or isinstance(network.frozen, CachedFrozen):
         return network
     key = store_key(spec, kind="eval")
-    network.frozen = CachedFrozen(network.frozen, config.cache_dir("features") / f"{spec.backbone}-cut{spec.cut}-eval-{key}")
+    network.frozen = CachedFrozen(network.frozen, features_dir() / f"{spec.backbone}-cut{spec.cut}-eval-{key}")
     return network

@@ -12,11 +12,15 @@ reads. Around it this module adds what a learner does not need to read:
   ``cache/runs/<kind>-<key>/`` as ``config.json``, ``history.csv`` (one row
   per iteration), ``epochs.csv`` (one row per epoch, epoch 0 being the
   untrained network) and ``model.pt`` (the trainable top and the
-  :class:`~helpers.models.ModelSpec`), written last. Asking for a cached key
-  loads it.
+  :class:`~helpers.models.ModelSpec`), then ``manifest.json`` (each file's
+  size and SHA-256, :func:`.cache.write_manifest`), written last: only a
+  folder with a valid manifest holds a finished run. Asking for a cached key
+  loads it; a damaged entry is reported in one line, moved aside and trained
+  again.
 * **checkpoints.** After every epoch the state needed to resume (weights,
   optimiser, scheduler, history, random-number states) is written
-  atomically; a run with the same key resumes from it.
+  atomically, with a manifest of its own; a run with the same key resumes
+  from it (a damaged checkpoint is moved aside and training starts over).
 * **data-parallel training** under ``torchrun`` (:mod:`.distributed`).
 * **cached frozen features** (:mod:`.features`): with a cut, training runs
   the trainable top on cached views of the frozen trunk's maps.
@@ -41,9 +45,12 @@ from torch.utils.data import DataLoader
 from .. import config, data, methods, metrics, models, train
 from . import distributed, features
 from . import cache
-from .cache import atomic_write, write_text
+from .cache import MANIFEST, DamagedEntry, atomic_write, set_aside, write_text
 
-RUN_FILES = ("config.json", "history.csv", "epochs.csv", "model.pt")
+DATA_FILES = ("config.json", "history.csv", "epochs.csv", "model.pt")
+"""The files of a finished run that its manifest lists."""
+RUN_FILES = DATA_FILES + (MANIFEST,)
+"""Every file of a finished run's folder: :data:`DATA_FILES`, then the manifest, written last."""
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_CODE = ("config:seed_everything", "data.release", "data.images", "data.transforms", "data.samplers", "imagenet",
             "losses", "methods", "metrics", "models", "train",
@@ -176,49 +183,69 @@ def run_key(run_config: dict) -> str:
 
 
 def run_folder(kind: str, key: str) -> Path:
-    """``cache/runs/<kind>-<key>``, created on demand."""
-    return config.cache_dir("runs", f"{kind}-{key}")
+    """``cache/runs/<kind>-<key>``; not created here, but when its first file (a checkpoint) is written."""
+    return config.CACHE_DIR / "runs" / f"{kind}-{key}"
 
 
 # --------------------------------------------------------------------------- files
 
 def save_run(run: Run) -> None:
-    """Write a finished run into ``run.path``; ``model.pt`` goes last, so its presence marks it finished."""
+    """Write a finished run into ``run.path``; its manifest goes last, so a valid one marks it finished."""
     folder = run.path
+    folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "config.json", json.dumps(run.config, indent=2, sort_keys=True) + "\n")
     write_text(folder / "history.csv", run.history.to_csv(index=False))
     write_text(folder / "epochs.csv", run.epochs.to_csv(index=False))
     payload = {"state_dict": run.model.top.state_dict(), "spec": run.model.spec.to_dict(), "key": run.key,
                "wall_time": run.wall_time}
     atomic_write(folder / "model.pt", lambda temporary: torch.save(payload, temporary))
+    cache.write_manifest(folder, DATA_FILES)
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    cache.manifest_path(folder / CHECKPOINT_FILE).unlink(missing_ok=True)
 
 
 def is_finished(folder: Path | None) -> bool:
-    """Whether ``folder`` holds every file of a finished run."""
-    return folder is not None and all((folder / name).is_file() for name in RUN_FILES)
+    """Whether ``folder`` holds a finished run: a readable manifest of :data:`DATA_FILES`, sizes matching.
+
+    Cheap: no file is hashed (:func:`load_run` does that).
+    """
+    if folder is None or not (Path(folder) / MANIFEST).is_file():
+        return False
+    try:
+        cache.check_entry(Path(folder), hashes=False, expected=DATA_FILES)
+    except DamagedEntry:
+        return False
+    return True
 
 
 def load_run(path) -> Run:
     """Load a finished run from its cache folder (or its ``model.pt``).
 
-    Raises ``FileNotFoundError`` naming the missing file when the folder does
-    not hold a finished run.
+    Raises ``FileNotFoundError`` naming the missing files when the folder does
+    not hold a finished run (no manifest), and :class:`~.cache.DamagedEntry`,
+    one line naming the file and the fault, when a file does not match the
+    manifest (size or SHA-256) or cannot be read.
     """
     folder = Path(path)
     if folder.name == "model.pt":
         folder = folder.parent
     missing = [name for name in RUN_FILES if not (folder / name).is_file()]
-    if missing:
+    if MANIFEST in missing:
         raise FileNotFoundError(f"{folder} does not hold a finished run: missing {missing}; expected "
                                 f"the files {list(RUN_FILES)} written by train_classifier/train_retrieval")
-    run_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    payload = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    cache.check_entry(folder, hashes=True, expected=DATA_FILES)
+    run_config = cache.parsed(folder / "config.json", lambda f: dict(json.loads(f.read_text(encoding="utf-8"))))
+    history, epochs = (cache.parsed(folder / name, pd.read_csv) for name in ("history.csv", "epochs.csv"))
+    network, payload = cache.parsed(folder / "model.pt", _read_model)
+    return Run(model=features.with_cached_frozen(network).eval(), config=run_config, key=payload["key"],
+               history=history, epochs=epochs, wall_time=float(payload["wall_time"]), from_cache=True, path=folder)
+
+
+def _read_model(file: Path) -> tuple[models.Network, dict]:
+    payload = torch.load(file, map_location="cpu", weights_only=True)
     network = models.build_network(models.ModelSpec(**payload["spec"]), pretrained_top=False)
     network.top.load_state_dict(payload["state_dict"])
-    return Run(model=features.with_cached_frozen(network).eval(), config=run_config, key=payload["key"],
-               history=pd.read_csv(folder / "history.csv"), epochs=pd.read_csv(folder / "epochs.csv"),
-               wall_time=float(payload["wall_time"]), from_cache=True, path=folder)
+    return network, {"key": str(payload["key"]), "wall_time": float(payload["wall_time"])}
 
 
 def _rng_states() -> dict:
@@ -238,19 +265,30 @@ def save_checkpoint(folder: Path, key: str, top: nn.Module, optimizer, scheduler
     """Atomically write the state needed to resume after the last epoch of ``history``."""
     state = {"key": key, "model": top.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "history": vars(history), "rng": _rng_states()}
+    folder.mkdir(parents=True, exist_ok=True)  # the first file of a run creates its folder
     atomic_write(folder / CHECKPOINT_FILE, lambda temporary: torch.save(state, temporary))
+    cache.write_manifest(folder / CHECKPOINT_FILE, [CHECKPOINT_FILE])
 
 
 def restore_checkpoint(folder: Path | None, key: str, top: nn.Module, optimizer, scheduler) -> train.History | None:
     """Load the checkpoint of an unfinished run with this key into the objects; return its history.
 
     Returns ``None`` when there is none. The random-number states are
-    restored too, so the resumed run continues exactly where it stopped.
+    restored too, so the resumed run continues exactly where it stopped. A
+    damaged checkpoint is reported in one line and moved aside: training
+    starts over.
     """
-    if folder is None or not (folder / CHECKPOINT_FILE).is_file():
+    file = None if folder is None else folder / CHECKPOINT_FILE
+    if file is None or not (file.is_file() or cache.manifest_path(file).is_file()):
         return None
-    # our own file, holding NumPy and Python RNG states besides tensors
-    state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    try:
+        cache.check_entry(file, hashes=True, expected=[CHECKPOINT_FILE])
+        # our own file, holding NumPy and Python RNG states besides tensors
+        state = cache.parsed(file, lambda f: dict(torch.load(f, map_location="cpu", weights_only=False)))
+    except DamagedEntry as error:
+        if distributed.is_main():
+            cache.set_aside(file, error)
+        return None
     if state.get("key") != key:
         return None
     top.load_state_dict(state["model"])
@@ -373,8 +411,13 @@ def load_or_fit(recipe: Recipe, *, device=None, cache: bool = True, progress: bo
     """
     key = recipe.key
     folder = run_folder(recipe.folder_kind, key) if cache else None
-    if is_finished(folder):
-        return load_run(folder)
+    if folder is not None and (folder / MANIFEST).is_file():
+        try:
+            return load_run(folder)
+        except DamagedEntry as error:  # one line, the entry moved aside, and trained again
+            if distributed.is_main():
+                set_aside(folder, error)
+            distributed.barrier()
 
     device = device_of(device)
     training = set_up(recipe, device, cache)
