@@ -106,6 +106,17 @@ def _refine_factor(text: str) -> float:
     return value
 
 
+def _out_folder(text: str) -> Path:
+    """``--out``: a folder that exists or can be created, checked before any work is done."""
+    path = Path(text).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder to write {path.name or text} into")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {existing}: permission denied")
+    return path
+
+
 def _device(text: str) -> str:
     import torch
 
@@ -114,6 +125,9 @@ def _device(text: str) -> str:
     except (RuntimeError, ValueError):
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r}; expected e.g. cpu, cuda, cuda:1 "
                                          "or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r} is a torch device this command cannot train on; expected cpu, "
+                                         "cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r} asked for, but CUDA is not available on this machine")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -197,7 +211,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=_nonnegative_int, default=config.DEFAULT_SEED,
                        help=f"training seed (default: {config.DEFAULT_SEED}); the synthetic data keep "
                             f"their seed, {config.DEFAULT_SEED}, as in the notebooks")
-    group.add_argument("--out", type=Path, default=None, metavar="DIR",
+    group.add_argument("--out", type=_out_folder, default=None, metavar="DIR",
                        help="folder to write a summary of what was done into: <command>.json and "
                             "<command>.csv (default: print only)")
     group.add_argument("--device", type=_device, default=None,
