@@ -164,16 +164,16 @@ def _ordered_pair(value) -> bool:
 
 POSITIVE_INTS = ("n_train_categories", "n_val_categories", "n_test_categories", "render_size",
                  "queries_per_category", "eval_size", "cls_lr_step", "cls_batch_size", "ret_lr_step", "ret_batch_size", "pairs_per_category", "regenerate_every", "eval_batch_size")
-POOLINGS = ("mac", "spoc", "gem")
-OPTIMIZERS = ("sgd", "adam")
-CUT_RANGE = range(0, 17)
-"""The cuts of ``efficientnet_lite0``: 0 to 16 (see :func:`helpers.models.build_backbone`)."""
 
 
 def _profile_rules(profile: Profile) -> list[tuple[str, bool, str]]:
     """``(field, passes, what is allowed)`` for every field of ``profile``: the one table of rules."""
-    from .models import BACKBONES  # imported here: models imports this module
+    # the vocabularies live with the code that uses them; imported here so that config imports no torch
+    from .imagenet import LITE0_N_BLOCKS
+    from .models import BACKBONES, POOLINGS
+    from .train import OPTIMIZERS
 
+    cuts = range(0, LITE0_N_BLOCKS + 1)
     p = profile
     rules = [(name, _positive(getattr(p, name)), "an integer >= 1") for name in POSITIVE_INTS]
     rules += [(name, _ordered_pair(getattr(p, name)), "a pair (min, max) of integers >= 1 with min <= max")
@@ -196,8 +196,8 @@ def _profile_rules(profile: Profile) -> list[tuple[str, bool, str]]:
         ("pooling", p.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
         ("weights", p.weights is None or p.weights == "imagenet", "None (random init) or 'imagenet'"),
         ("optimizer", p.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-        ("cut", p.cut is None or (_is_int(p.cut) and p.cut in CUT_RANGE),
-         f"None or an integer from {CUT_RANGE.start} to {CUT_RANGE.stop - 1}"),
+        ("cut", p.cut is None or (_is_int(p.cut) and p.cut in cuts),
+         f"None or an integer from {cuts.start} to {cuts.stop - 1}"),
         ("cut", p.cut is None or p.backbone == "efficientnet_lite0",
          f"None with backbone {p.backbone!r} (a cut needs efficientnet_lite0)"),
         ("feature_views", p.cut is None or _positive(p.feature_views), "an integer >= 1 when cut is set"),
