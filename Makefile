@@ -12,10 +12,10 @@ PROFILE ?= tutorial
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export PYTHONHASHSEED := 0
 
-.PHONY: setup data run test unit nbval lab bench results verify clean-cache help
+.PHONY: setup data run test unit nbval lab bench results verify rounding-check clean-cache help
 
 help:
-	@echo "make run | make test | make results | make verify | make lab | make bench | make clean-cache"
+	@echo "make run | make test | make results | make verify | make rounding-check | make lab | make bench | make clean-cache"
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ results: data
 # its text outputs with the committed ones (timings masked); as long as make run
 verify: data
 	FIREARM_PROFILE=$(PROFILE) $(PY) -m helpers.machinery.verify $(NOTEBOOKS)
+
+# make rounding-check: retrain seed 0's stage 1 and double margin runs with oneDNN off (another rounding, as on
+# another processor) and check the committed numbers within their tolerance and the verdicts exactly
+rounding-check: data
+	FIREARM_PROFILE=$(PROFILE) $(PY) benchmarks/rounding_check.py --profile $(PROFILE)
 
 # make bench: every benchmark at the smoke profile (a quick check that they run);
 # make bench PROFILE=tutorial: at full size (long)

@@ -95,6 +95,9 @@ class Profile:
     # --- runtime
     num_workers: int
     eval_batch_size: int
+    # --- the tuned protocol (make results, helpers.machinery.protocol)
+    tuning_trials: int                     # Optuna trials per study: the same for stage 1 and every method and schedule
+    tuned: dict | None = None              # {schedule: {loss: {"lr": ..., margins}}} chosen by make results; None: untuned
 
     def to_dict(self) -> dict:
         """Plain-dict view, used for cache keys and for printing in notebooks."""
@@ -113,7 +116,7 @@ PROFILES: dict[str, Profile] = {
         ret_epochs=30, ret_lr_step=10, ret_batch_size=16, ret_patience=None,
         pairs_per_category=360, regenerate_every=5,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
-        num_workers=8, eval_batch_size=16,
+        num_workers=8, eval_batch_size=16, tuning_trials=8,
     ),
     "tutorial": Profile(
         name="tutorial",
@@ -122,11 +125,18 @@ PROFILES: dict[str, Profile] = {
         train_size_range=(112, 128), eval_size=128,
         backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac", embedding_dim=None,
         optimizer="adam", cls_lr=1e-3, ret_lr=1e-4, momentum=0.9, weight_decay=5e-4,
-        cls_epochs=15, cls_lr_step=11, cls_batch_size=64, cls_patience=3,
-        ret_epochs=10, ret_lr_step=5, ret_batch_size=64, ret_patience=2,
+        cls_epochs=12, cls_lr_step=12, cls_batch_size=64, cls_patience=None,
+        ret_epochs=12, ret_lr_step=12, ret_batch_size=64, ret_patience=None,
         pairs_per_category=16, regenerate_every=1,
-        pos_margin=0.4, neg_margin=1.2, single_margin=1.4, triplet_margin=0.4,  # tuned: results/tuning.csv
-        num_workers=0, eval_batch_size=256,
+        pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,  # the paper's; tuned ones below
+        num_workers=0, eval_batch_size=256, tuning_trials=6,
+        tuned={  # chosen by make results (results/tuning.csv); cls_lr = 1e-3 was chosen too
+            "one-stage": {"single": {"lr": 0.000316, "margin": 1.35},
+                          "double": {"lr": 0.000316, "pos_margin": 0.135, "neg_margin": 1.35},
+                          "triplet": {"lr": 0.000562, "margin": 0.15}},
+            "two-stage": {"single": {"lr": 0.000316, "margin": 1.35},
+                          "double": {"lr": 0.000316, "pos_margin": 0.135, "neg_margin": 1.35},
+                          "triplet": {"lr": 0.000316, "margin": 0.8}}},
     ),
     "smoke": Profile(
         name="smoke",
@@ -135,11 +145,18 @@ PROFILES: dict[str, Profile] = {
         train_size_range=(56, 64), eval_size=64,
         backbone="efficientnet_lite0", weights="imagenet", cut=15, feature_views=2, pooling="mac",
         embedding_dim=None, optimizer="adam", cls_lr=1e-3, ret_lr=1e-4, momentum=0.9, weight_decay=5e-4,
-        cls_epochs=2, cls_lr_step=1, cls_batch_size=32, cls_patience=None,
-        ret_epochs=2, ret_lr_step=1, ret_batch_size=32, ret_patience=1,
+        cls_epochs=2, cls_lr_step=2, cls_batch_size=32, cls_patience=None,
+        ret_epochs=2, ret_lr_step=2, ret_batch_size=32, ret_patience=None,
         pairs_per_category=16, regenerate_every=1,
         pos_margin=0.8, neg_margin=1.2, single_margin=1.2, triplet_margin=0.4,
-        num_workers=0, eval_batch_size=128,
+        num_workers=0, eval_batch_size=128, tuning_trials=3,
+        tuned={  # chosen by make results PROFILE=smoke (results/tuning.csv)
+            "one-stage": {"single": {"lr": 0.000316, "margin": 0.85},
+                          "double": {"lr": 0.01, "pos_margin": 0.495, "neg_margin": 0.55},
+                          "triplet": {"lr": 0.01, "margin": 0.55}},
+            "two-stage": {"single": {"lr": 0.01, "margin": 0.55},
+                          "double": {"lr": 0.01, "pos_margin": 0.495, "neg_margin": 0.55},
+                          "triplet": {"lr": 0.000562, "margin": 0.15}}},
     ),
 }
 
@@ -162,8 +179,32 @@ def _ordered_pair(value) -> bool:
         and value[0] <= value[1]
 
 
+SCHEDULES = ("one-stage", "two-stage")
+"""How a retrieval run starts: from ImageNet (one-stage) or from the stage-1 classifier (two-stage)."""
+
+
+def tuned_settings(profile: Profile, schedule: str, loss: str) -> dict | None:
+    """``{"lr": ..., <margins>}`` that ``make results`` chose for ``loss`` trained ``schedule``, or ``None``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return ((profile.tuned or {}).get(schedule) or {}).get(loss)
+
+
+def _valid_tuned(tuned) -> bool:
+    """``None``, or ``{schedule: {loss: {"lr": number > 0, margin: number >= 0, ...}}}``."""
+    if tuned is None:
+        return True
+    if not isinstance(tuned, dict) or not set(tuned) <= set(SCHEDULES):
+        return False
+    return all(isinstance(by_loss, dict) and all(
+        isinstance(values, dict) and _is_number(values.get("lr")) and values["lr"] > 0
+        and all(_is_number(v) and v >= 0 for v in values.values()) for values in by_loss.values())
+        for by_loss in tuned.values())
+
+
 POSITIVE_INTS = ("n_train_categories", "n_val_categories", "n_test_categories", "render_size",
-                 "queries_per_category", "eval_size", "cls_lr_step", "cls_batch_size", "ret_lr_step", "ret_batch_size", "pairs_per_category", "regenerate_every", "eval_batch_size")
+                 "queries_per_category", "eval_size", "cls_lr_step", "cls_batch_size", "ret_lr_step", "ret_batch_size", "pairs_per_category", "regenerate_every", "eval_batch_size",
+                 "tuning_trials")
 
 
 def _profile_rules(profile: Profile) -> list[tuple[str, bool, str]]:
@@ -201,6 +242,8 @@ def _profile_rules(profile: Profile) -> list[tuple[str, bool, str]]:
         ("cut", p.cut is None or p.backbone == "efficientnet_lite0",
          f"None with backbone {p.backbone!r} (a cut needs efficientnet_lite0)"),
         ("feature_views", p.cut is None or _positive(p.feature_views), "an integer >= 1 when cut is set"),
+        ("tuned", _valid_tuned(p.tuned),
+         f"None or {{schedule: {{loss: {{'lr': number > 0, margin: number >= 0}}}}}} with schedules {SCHEDULES}"),
     ]
     return rules
 

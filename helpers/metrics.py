@@ -184,12 +184,14 @@ class Ranks(NamedTuple):
     n_ranked: int
 
 
-def _relevant_ranks(query_emb, db_emb, ground_truth) -> Ranks:
+def _relevant_ranks(query_emb, db_emb, ground_truth, left_out: np.ndarray | None = None) -> Ranks:
     """The :class:`Ranks` of the full similarity ranking of every query.
 
     Per chunk of queries: one matmul, one stable sort, a relevance mask built
     with a single scatter, reordered by the ranking, and the positions of its
-    True entries.
+    True entries. ``left_out[q]``, when given, is a database position that
+    query ``q`` ranks last (itself, in a leave-one-out ranking); it must not
+    be relevant, so it precedes no hit.
     """
     queries, database = _pair_of_embeddings(query_emb, db_emb)
     n_queries, n_db = queries.shape[0], database.shape[0]
@@ -200,7 +202,10 @@ def _relevant_ranks(query_emb, db_emb, ground_truth) -> Ranks:
     keys_t = torch.from_numpy(keys).to(queries.device)
     hit_query, hit_rank = [], []
     for start, stop in _chunks(n_queries, n_db):
-        order = _stable_descending_order(queries[start:stop] @ database.T)
+        scores = queries[start:stop] @ database.T
+        if left_out is not None:
+            scores[torch.arange(stop - start), torch.from_numpy(left_out[start:stop])] = -torch.inf
+        order = _stable_descending_order(scores)
         relevant = torch.zeros((stop - start) * n_db, dtype=torch.bool, device=queries.device)
         relevant[keys_t[key_bounds[start]:key_bounds[stop]] - start * n_db] = True
         rows, ranks = relevant.view(stop - start, n_db).gather(1, order).nonzero(as_tuple=True)
@@ -287,6 +292,33 @@ def average_precision(query_emb, db_emb, ground_truth, mode: str = "trapezoid") 
         raise ValueError(f"mode must be one of {AP_MODES}, got {mode!r}")
     ranks = _relevant_ranks(query_emb, db_emb, ground_truth)
     return average_precision_from_ranks(ranks.query, ranks.rank, ranks.n_relevant, mode)
+
+
+def leave_one_out_map(emb, labels, mode: str = "trapezoid") -> tuple[float, np.ndarray]:
+    """Return ``(mAP, per-query APs)`` with every image a query against all the other images.
+
+    The query is left out of its own ranking (ranked last); the other images
+    with its label are its relevant items. An image with a negative label (a
+    distractor that matches nothing) or a label no other image has is ranked
+    but is not a query. With every validation image a query, the score moves
+    far less from epoch to epoch than with a few queries.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    values, counts = np.unique(labels, return_counts=True)
+    shared = values[(counts >= 2) & (values >= 0)]
+    queries = np.flatnonzero(np.isin(labels, shared))
+    if queries.size == 0:
+        raise ValueError("no label is shared by two images: leave-one-out retrieval has no query")
+    everything = np.arange(labels.size)
+    ground_truth = [everything[(labels == labels[q]) & (everything != q)] for q in queries]
+    emb = _as_embeddings(emb, "emb")
+    if emb.shape[0] != labels.size:
+        raise ValueError(f"labels has {labels.size} entries but there are {emb.shape[0]} embeddings")
+    ranks = _relevant_ranks(emb[torch.from_numpy(queries)], emb, ground_truth, left_out=queries)
+    aps = average_precision_from_ranks(ranks.query, ranks.rank, ranks.n_relevant, mode)
+    return float(aps.mean()), aps
 
 
 def mean_average_precision(query_emb, db_emb, ground_truth,

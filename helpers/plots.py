@@ -303,38 +303,52 @@ def line_style(name: str) -> str:
     return "--" if "one-stage" in name else "-"
 
 
-def tuning_bars(tuning: pd.DataFrame, chosen: Mapping[str, Mapping], paper: Mapping[str, Mapping], axes=None):
-    """One panel per loss: the best validation mAP of each margin setting, the chosen one opaque.
+def tuning_trials(tuning: pd.DataFrame, studies: Sequence[str], lr_range: tuple[float, float], axes=None):
+    """One panel per study: each trial's best validation score against its learning rate.
 
-    ``tuning`` has the columns ``loss``, ``margins`` (a label), the margin
-    keywords and ``best val_mAP`` (the ``"tuning"`` table of
-    :func:`helpers.report.read_results`); ``chosen`` and ``paper`` map each
-    loss to its margin keywords. The paper's setting is hatched.
+    ``tuning`` is the ``"tuning"`` table of :func:`helpers.report.read_results`
+    (columns ``study``, ``trial``, ``state``, ``lr``, ``best score`` and the
+    margins). Finished trials are filled circles, pruned ones open circles at
+    the best score they reached before they were stopped; the chosen trial
+    (the best finished one) is a star labelled with its settings. The
+    x axis spans ``lr_range`` on a log scale, the search's range, so a
+    winner at an edge shows as one.
     """
-    losses_ = list(dict.fromkeys(tuning["loss"]))
     if axes is None:
-        fig, axes = plt.subplots(1, len(losses_), figsize=(5.2 * len(losses_), 3.8), sharey=True)
+        ncols = 4
+        nrows = -(-len(studies) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+        axes = axes.ravel()
     fig = axes[0].figure
-    for ax, loss in zip(axes, losses_):
-        rows = tuning[tuning["loss"] == loss].reset_index(drop=True)
-        method = methods.get(loss)
-
-        def matches(row, margins):
-            return all(abs(float(row[k]) - float(v)) < 1e-9 for k, v in margins[loss].items())
-
-        for i, row in rows.iterrows():
-            is_chosen, is_paper = matches(row, chosen), matches(row, paper)
-            ax.bar(i, row["best val_mAP"], color=method.colour, alpha=1.0 if is_chosen else 0.35,
-                   hatch="//" if is_paper else None, edgecolor="0.2" if is_paper else None)
-            ax.text(i, row["best val_mAP"], f"{row['best val_mAP']:.3f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(rows["margins"], rotation=35, ha="right", fontsize=8)
-        ax.set_title(method.label)
-        ax.set_ylim(0, min(1.0, float(tuning["best val_mAP"].max()) + 0.12))  # bars start at zero
-    axes[0].set_ylabel("best validation mAP (trapezoid)")
-    from matplotlib.patches import Patch
-    axes[-1].legend(handles=[Patch(facecolor="0.5", label="chosen (highest)"),
-                             Patch(facecolor="0.5", alpha=0.35, label="other settings"),
-                             Patch(facecolor="white", edgecolor="0.2", hatch="//", label="the paper's margins")],
-                    fontsize=8, loc="lower right", framealpha=0.95)
+    for ax, study in zip(axes, studies):
+        rows = tuning[tuning["study"] == study]
+        method = methods.find(study)
+        colour = method.colour if method else methods.NEUTRAL_COLOUR
+        done, pruned = rows[rows["state"] == "complete"], rows[rows["state"] == "pruned"]
+        ax.scatter(done["lr"], done["best score"], color=colour, s=36, label="finished")
+        ax.scatter(pruned["lr"], pruned["best score"], facecolors="none", edgecolors=colour, s=36, label="pruned")
+        best = done.loc[done["best score"].idxmax()]
+        shown = ", ".join([f"lr {best['lr']:.3g}"] + [f"{k} {best[k]:.2f}" for k in ("margin", "pos_margin", "neg_margin")
+                                                       if k in best and best[k] == best[k]])
+        ax.scatter([best["lr"]], [best["best score"]], marker="*", s=220, color=colour, edgecolors="k", zorder=3,
+                   label="chosen")
+        ax.set_title(f"{study}\n{shown}", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlim(lr_range[0] / 1.5, lr_range[1] * 1.5)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("learning rate")
+    for ax in axes[len(studies):]:
+        ax.axis("off")
+    axes[0].legend(fontsize=8, loc="lower right")
     return fig
+
+
+def margin_lines(method, margins: Mapping[str, float]) -> dict:
+    """The margins of a pair loss that are distances, by symbol (``{"m1": 0.4, "m2": 1.2}``): lines on distance plots.
+
+    The triplet margin is a gap between two distances, not a distance, so it has none.
+    """
+    if not method.is_pair_loss:
+        return {}
+    symbols = {"margin": "m", "pos_margin": "m1", "neg_margin": "m2"}
+    return {symbols[k]: float(v) for k, v in margins.items()}

@@ -1,23 +1,30 @@
 """Reading the fair comparison's results: the committed tables, their summary over seeds and the claims.
 
 ``make results`` (:mod:`helpers.machinery.protocol`) tunes every loss's
-margins on the validation split, trains every method with several seeds and
-scores them on the test split; it writes :data:`FILES` under
+learning rate and margins on the validation split, trains every method with
+five seeds and scores them on the test split; it writes :data:`FILES` under
 :data:`RESULTS_DIR`. The notebooks read them back with :func:`read_results`
 and show them:
 
 * :func:`summary` and :func:`formatted`: the mean of every metric over seeds
   with its 95% Student-t interval (:mod:`helpers.stats`);
 * :func:`claims` and :func:`claim_sentence`: each of the paper's claims
-  (:data:`CLAIMS`) as a **paired** difference over seeds, and its verdict;
+  (:data:`CLAIMS`) as a **paired** difference over seeds, its verdict, and a
+  bootstrap interval over test categories;
+* :func:`tolerance`: how far a committed number may move on another machine;
+  :func:`kept_last_share` and :func:`validation_noise`: whether the epoch
+  budget reaches a plateau and how noisy validation is;
 * :func:`committed_rows`: one seed's rows, to show a run without retraining it;
-* :func:`chosen_margins`: the margins the tuning picked;
-* :func:`stamp_note`: which profile and code version wrote a table.
+* :func:`chosen_settings`: the learning rates and margins the tuning picked;
+* :func:`stamp_note`: which profile and code version wrote the results;
+* :func:`previous_comparison` and :func:`verdict_changes`: the verdicts of
+  the protocol before this one, next to today's.
 
 ``DataFrame.to_markdown()`` turns any of these tables into Markdown.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +33,23 @@ import pandas as pd
 from . import config, methods, metrics, stats
 
 RESULTS_DIR = config.REPO_ROOT / "results"
-FILES = {"tuning": "tuning.csv", "comparison": "comparison.csv", "imbalance": "imbalance.csv"}
-"""The tables ``make results`` writes under :data:`RESULTS_DIR`."""
+FILES = {"tuning": "tuning.csv", "comparison": "comparison.csv", "per_query": "per_query.csv",
+         "imbalance": "imbalance.csv", "validation_noise": "validation_noise.csv", "stamp": "stamp.csv"}
+"""The tables ``make results`` writes under :data:`RESULTS_DIR`; ``stamp`` says whether they are complete."""
+STAGE1_STUDY = "stage 1"
+"""The tuning study of stage 1's learning rate (on validation accuracy)."""
+TOLERANCE_SIGMAS = 3
+"""A committed number holds on another machine within this many standard deviations of a difference."""
 
 
 def model_name(loss: str, stage: str) -> str:
     """The row name of a method in the comparison table: ``"double, two-stage"``."""
     return f"{loss}, {stage}"
+
+
+def study_name(loss: str, schedule: str) -> str:
+    """The tuning study of ``loss`` trained ``schedule``: ``"double, two-stage"`` (as its model's row name)."""
+    return model_name(loss, schedule)
 
 
 MATCHED = model_name("double", "one-stage, compute-matched")
@@ -54,28 +71,41 @@ def read_results(profile: config.Profile | str, folder: Path = RESULTS_DIR) -> d
     """The committed tables of :data:`FILES` for ``profile`` (a resolved profile or its name).
 
     Raises ``FileNotFoundError`` naming the command that writes them when a
-    file is missing or holds no rows for the profile.
+    file is missing, holds no rows for the profile, or the last ``make
+    results`` for it has not finished (its ``stamp`` is not complete).
     """
     name = profile if isinstance(profile, str) else profile.name
+    command = f"run `make results PROFILE={name}` (python benchmarks/results_table.py)"
     tables = {}
     for key, file in FILES.items():
         path = Path(folder) / file
-        table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["profile"])
+        table = (pd.read_csv(path, dtype={"profile": str, "code": str}) if path.is_file()
+                 else pd.DataFrame(columns=["profile"]))
         table = table[table["profile"] == name]
         if table.empty:
-            raise FileNotFoundError(f"{path} holds no results for the {name} profile; "
-                                    f"run `make results PROFILE={name}` (python benchmarks/results_table.py)")
+            raise FileNotFoundError(f"{path} holds no results for the {name} profile; {command}")
         tables[key] = table.reset_index(drop=True)
+    stamp = tables["stamp"]
+    if not bool(stamp["complete"].astype(str).str.lower().eq("true").iloc[-1]):
+        raise FileNotFoundError(f"make results for the {name} profile has not finished "
+                                f"({len(tables['comparison'])} test rows recorded so far); {command}: it resumes")
     return tables
 
 
-def chosen_margins(tuning: pd.DataFrame) -> dict[str, dict]:
-    """Per loss, the margins of its best validation mAP (the first in grid order on ties)."""
-    chosen = {}
-    for loss, rows in tuning.groupby("loss", sort=False):
-        best = rows.loc[rows["best val_mAP"].idxmax()]
-        chosen[loss] = {k: float(best[k]) for k in methods.get(loss).margin_fields}
-    return chosen
+def chosen_settings(tuning: pd.DataFrame) -> dict:
+    """What the tuning chose: ``{"cls_lr": ..., "tuned": {schedule: {loss: {"lr", margins}}}}``.
+
+    Each study's finished trial with the best validation score (the
+    earliest on a tie), as :func:`helpers.machinery.protocol.tune_all` picks it.
+    """
+    def best(study: str) -> pd.Series:
+        rows = tuning[(tuning["study"] == study) & (tuning["state"] == "complete")]
+        return rows.loc[rows["best score"].idxmax()]
+
+    tuned = {schedule: {loss: {name: float(best(study_name(loss, schedule))[name])
+                               for name in ("lr", *methods.get(loss).margin_fields)}
+                        for loss in methods.NAMES} for schedule in config.SCHEDULES}
+    return {"cls_lr": float(best(STAGE1_STUDY)["lr"]), "tuned": tuned}
 
 
 def committed_rows(comparison: pd.DataFrame, seed: int, models, columns) -> pd.DataFrame:
@@ -117,17 +147,109 @@ def summary(comparison: pd.DataFrame, columns=None) -> pd.DataFrame:
     return out
 
 
-def claims(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)") -> pd.DataFrame:
-    """Each claim of :data:`CLAIMS` as a paired difference over seeds, with its interval and verdict."""
+def _mean_over_seeds_per_query(per_query: pd.DataFrame, model: str) -> pd.Series:
+    rows = per_query[per_query["model"] == model]
+    return rows.groupby(["category", "query"])["AP"].mean()
+
+
+def claims(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)",
+           per_query: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each claim of :data:`CLAIMS` as a paired difference over seeds, with its interval and verdict.
+
+    The verdict reads the **seed** interval (paired t over training seeds).
+    With ``per_query`` (the per-query test APs, trapezoid) each claim also
+    gets ``boot low``/``boot high``: the bootstrap interval over test
+    categories of the per-query AP difference averaged over seeds
+    (:func:`helpers.stats.bootstrap_ci`), the variation due to which test
+    categories were drawn.
+    """
     by_model = comparison.pivot_table(index="seed", columns="model", values=metric)
     rows = []
     for claim, a, b in CLAIMS:
         difference = stats.paired_difference(by_model[a], by_model[b])
-        rows.append({"claim": claim, "a": a, "b": b, "mean a": float(by_model[a].mean()),
-                     "mean b": float(by_model[b].mean()), "difference": difference["mean"],
-                     "ci": difference["ci"], "seeds a wins": f"{difference['wins']}/{difference['n']}",
-                     "p": difference["p"], "verdict": stats.verdict(difference)})
+        row = {"claim": claim, "a": a, "b": b, "mean a": float(by_model[a].mean()),
+               "mean b": float(by_model[b].mean()), "difference": difference["mean"],
+               "ci": difference["ci"], "low": difference["low"], "high": difference["high"],
+               "seeds a wins": f"{difference['wins']}/{difference['n']}", "p": difference["p"],
+               "verdict": stats.verdict(difference)}
+        if per_query is not None:
+            gap = _mean_over_seeds_per_query(per_query, a) - _mean_over_seeds_per_query(per_query, b)
+            boot = stats.bootstrap_ci(gap.to_numpy(), gap.index.get_level_values("category"))
+            row.update({"boot low": boot["low"], "boot high": boot["high"]})
+        rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
+
+
+def seed_spread(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)") -> float:
+    """The pooled standard deviation over seeds of ``metric``, over the trained models (floors left out)."""
+    trained = comparison[~comparison["model"].isin(FLOORS)]
+    variances = trained.groupby("model")[metric].var(ddof=1).dropna()
+    sizes = trained.groupby("model")[metric].size().loc[variances.index]
+    return float(np.sqrt(((sizes - 1) * variances).sum() / (sizes - 1).sum()))
+
+
+def tolerance(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)", n_seeds: int = 1) -> float:
+    """How far a number may move on another machine: :data:`TOLERANCE_SIGMAS` x sqrt(2) x :func:`seed_spread` / sqrt(n).
+
+    Another processor rounds differently, and a different rounding sends
+    training down another path, much as another seed does; two such runs
+    differ by about sqrt(2) seed standard deviations. ``n_seeds`` > 1 gives
+    the tolerance of a mean over that many seeds.
+    """
+    return TOLERANCE_SIGMAS * math.sqrt(2) * seed_spread(comparison, metric) / math.sqrt(n_seeds)
+
+
+def kept_last_share(comparison: pd.DataFrame) -> float:
+    """The share of the trained retrieval runs whose kept (best validation) epoch is their last one."""
+    runs_ = comparison[comparison["model"].isin([model_name(loss, stage) for loss in methods.NAMES
+                                                 for stage in config.SCHEDULES] + [MATCHED])]
+    return float((runs_["best epoch"] == runs_["epochs trained"]).mean())
+
+
+def validation_noise(table: pd.DataFrame, last: int = 5) -> pd.DataFrame:
+    """Per validation protocol, the spread of validation mAP over a run's ``last`` epochs.
+
+    Columns: the standard deviation over those epochs and the mean absolute
+    change from one epoch to the next.
+    """
+    tail = table.sort_values("epoch").tail(last)
+    rows = {}
+    for protocol in ("queries", "leave-one-out"):
+        values = tail[protocol].to_numpy(dtype=float)
+        rows[protocol] = {"std over epochs": float(values.std(ddof=1)),
+                          "mean epoch-to-epoch change": float(np.abs(np.diff(values)).mean())}
+    out = pd.DataFrame(rows).T
+    out.index.name = f"validation mAP, last {last} epochs"
+    return out
+
+
+PREVIOUS_DIR = RESULTS_DIR / "previous"
+"""The comparison of the protocol before the tuned one, kept to show what tuning changed.
+
+That protocol tuned the margins alone, on a six-point grid per loss, two-stage;
+trained at fixed, untuned learning rates (stage 1 at 1e-3, every retrieval
+run at 1e-4); stopped a run after 3 (stage 1) or 2 (retrieval) epochs without
+gain in validation, scored on 100 queries; and ran three seeds.
+"""
+
+
+def previous_comparison(profile: config.Profile | str, folder: Path = PREVIOUS_DIR) -> pd.DataFrame:
+    """The earlier protocol's comparison rows for ``profile`` (empty when the folder holds none)."""
+    name = profile if isinstance(profile, str) else profile.name
+    path = Path(folder) / FILES["comparison"]
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path, dtype={"profile": str, "code": str})
+    return table[table["profile"] == name].reset_index(drop=True)
+
+
+def verdict_changes(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Two :func:`claims` tables side by side: each claim's paired difference and verdict, and whether it changed."""
+    out = pd.DataFrame({"difference before": before["difference"], "verdict before": before["verdict"],
+                        "seeds before": before["seeds a wins"].str.split("/").str[1].astype(int),
+                        "difference now": after["difference"], "verdict now": after["verdict"]})
+    out["changed"] = out["verdict before"] != out["verdict now"]
+    return out
 
 
 def formatted(summary_table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -139,26 +261,31 @@ def formatted(summary_table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def claim_sentence(claim: str, row: pd.Series, metric: str = "mAP (trapezoid)") -> str:
-    """One Markdown bullet that states a claim's verdict from its paired difference (:func:`claims`)."""
-    interval = f"[{row['difference'] - row['ci']:+.3f}, {row['difference'] + row['ci']:+.3f}]"
+    """One Markdown bullet that states a claim's verdict from its paired difference (:func:`claims`).
+
+    The verdict is the seed interval's; the bootstrap interval over test
+    categories follows it in brackets when the row has one.
+    """
+    interval = f"[{row['low']:+.3f}, {row['high']:+.3f}]"
     reading = {"holds": "**holds**: the whole interval is above zero",
                "reversed": "is **reversed**: the whole interval is below zero",
                "not resolved": "is **not resolved**: the interval contains zero"}[row["verdict"]]
     return (f"* *{claim}* {reading}. {metric}: {row['a']} {row['mean a']:.3f} against {row['b']} "
-            f"{row['mean b']:.3f}, paired difference {row['difference']:+.3f}, 95% interval {interval}; "
-            f"{row['a']} ahead in {row['seeds a wins']} seeds.")
+            f"{row['mean b']:.3f}, paired difference {row['difference']:+.3f}, 95% interval over seeds {interval}"
+            + (f" (over test categories [{row['boot low']:+.3f}, {row['boot high']:+.3f}])" if "boot low" in row
+               else "") + f"; {row['a']} ahead in {row['seeds a wins']} seeds.")
 
 
-def stamp_note(table: pd.DataFrame, code_version: str) -> str:
-    """Where a results table came from: its profile, code version and wall time.
+def stamp_note(stamp: pd.DataFrame, code_version: str) -> str:
+    """Where the results came from: the profile, the code version and the wall time of ``make results``.
 
-    ``code_version`` is the current one
+    ``stamp`` is the ``stamp`` table of :func:`read_results` (one row per
+    sitting of ``make results``); ``code_version`` is the current one
     (``helpers.machinery.runs.code_version()``): the note says whether the
-    table was written by it.
+    results were written by it.
     """
-    code, wall = table["code"].iloc[0], float(table["wall s"].iloc[0])
+    code, wall = stamp["code"].iloc[-1].split("-")[0], float(stamp["wall s"].sum())
     same = ("the current one" if code == code_version else
             f"**not** the current {code_version}: run `make results` before relying on it")
-    return (f"Read from `results/`, written by `make results` for the {table['profile'].iloc[0]} profile in "
-            f"{wall / 60:.0f} min (runs already in the cache are loaded, not retrained) by code version {code} "
-            f"({same}).")
+    return (f"Read from `results/`, written by `make results` for the {stamp['profile'].iloc[-1]} profile in "
+            f"{wall / 60:.0f} min by code version {code} ({same}).")

@@ -57,3 +57,29 @@ def verdict(difference: dict) -> str:
     if difference["high"] < 0:
         return "reversed"
     return "not resolved"
+
+
+def bootstrap_ci(values, clusters, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+    """``{"mean", "low", "high"}``: the mean of ``values`` and its percentile bootstrap interval over ``clusters``.
+
+    Test queries of one category are not independent (they share their
+    database images), so whole categories are resampled with replacement
+    (``scipy.stats.bootstrap`` over the categories' sums and counts), and
+    each resample's mean is the pooled mean of its queries. The interval
+    covers the variation due to *which* test categories were drawn, which
+    the seed interval does not.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    clusters = np.asarray(clusters)
+    if values.shape != clusters.shape or values.size == 0:
+        raise ValueError(f"need one cluster per value and at least one value; got shapes {values.shape} "
+                         f"and {clusters.shape}")
+    _, codes = np.unique(clusters, return_inverse=True)
+    sums, counts = np.bincount(codes, weights=values), np.bincount(codes).astype(np.float64)
+    mean = float(sums.sum() / counts.sum())
+    if sums.size < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan")}
+    result = _scipy_stats.bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis=axis) / c.sum(axis=axis),
+                                    paired=True, vectorized=True, confidence_level=level, n_resamples=resamples,
+                                    method="percentile", rng=np.random.default_rng(seed))
+    return {"mean": mean, "low": float(result.confidence_interval.low), "high": float(result.confidence_interval.high)}

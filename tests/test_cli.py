@@ -1,7 +1,11 @@
 """The command line (helpers.machinery.cli): help, bad arguments, and smoke-profile runs that share the notebooks' cache."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import faiss
@@ -10,7 +14,7 @@ import pandas as pd
 import pytest
 
 from helpers import config, data, evaluation, metrics, search
-from helpers.machinery import cli, runs
+from helpers.machinery import cache, cli, runs
 
 # Short runs: one retrieval epoch over 4 pairs per category, one classification epoch.
 QUICK = {"pairs_per_category": 4, "ret_batch_size": 16, "cls_epochs": 1, "cls_lr_step": 1}
@@ -97,7 +101,7 @@ BAD = [
     (["evaluate", "--loss", "triplet", "--neg-margin", "1.0"], ["argument --neg-margin", "use --margin"]),
     (["train-retrieval", "--loss", "double", "--margin", "0.5"],
      ["argument --margin: the double loss has no such margin; use --pos-margin and --neg-margin"]),
-    (["train-retrieval", "--pos-margin", "1.3"], ["argument --pos-margin", "m1 = 1.3 and m2 = 1.2"]),
+    (["train-retrieval", "--pos-margin", "1.3", "--neg-margin", "1.2"], ["argument --pos-margin", "m1 = 1.3 and m2 = 1.2"]),
     (["train-retrieval", "--set", "colour=red"], ["argument --set: unknown profile field 'colour'", "ret_epochs"]),
     (["train-retrieval", "--set", "name=paper"], ["argument --set", "--profile"]),
     (["train-retrieval", "--set", "ret_epochs=two"], ["argument --set: ret_epochs: cannot read 'two'"]),
@@ -244,3 +248,112 @@ def test_init_classifier_loads_the_notebooks_stage_1_and_shares_stage_2(world, c
     err = usage_error(["train-retrieval", *COMMON, "--init", stage2["path"]], capsys)
     assert f"argument --init: {stage2['path']} holds a retrieval run, not a stage-1 classifier run" in err
     assert runs.is_finished(Path(stage2["path"]))
+
+
+# --------------------------------------------------------------------------- failures: one line, exit 1, no litter
+def failed(argv, capsys) -> str:
+    """``cli.main(argv)`` must return 1 and print one line on stderr, no traceback; returns that line."""
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def empty_folders(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_dir() and not any(p.iterdir())]
+
+
+@pytest.mark.parametrize("split, damage", [("test", "truncated"), ("train", "emptied")])
+def test_an_unreadable_image_is_named_before_any_training(world, tmp_path, monkeypatch, capsys, split, damage):
+    root = tmp_path / "release"
+    shutil.copytree(world["release"].root, root)
+    release = data.load_firearm_release(root)
+    bad = release.test.database[-1] if split == "test" else release.classification_train.paths[0]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2] if damage == "truncated" else b"")
+    monkeypatch.setenv(config.DATA_ENV, str(root))
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path / "cache")
+    line = failed(["train-retrieval", *COMMON, *DOUBLE], capsys)
+    assert f"error: unreadable image {bad} (" in line
+    assert not (tmp_path / "cache" / "runs").exists()                    # nothing was trained
+    assert not list((tmp_path / "cache").rglob("*.ok"))                  # and the release is not marked whole
+
+
+def test_a_whole_release_is_checked_once(world, monkeypatch):
+    cli.check_images(world["release"])
+    assert cli.images_checked_marker(world["release"]).is_file()
+    monkeypatch.setattr(cli, "image_fault", lambda path: pytest.fail(f"{path} checked again"))
+    cli.check_images(world["release"])
+
+
+def test_a_full_disk_ends_the_command_in_one_line_without_a_partial_entry(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path / "cache")
+    real = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        if Path(target).name == runs.CHECKPOINT_FILE:                    # the first file of a run
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        return real(source, target, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", replace)
+    line = failed(["train-retrieval", *COMMON, *DOUBLE], capsys)
+    assert re.search(r"error: cannot write \S+/runs/retrieval-double-\w+/checkpoint\.pt: the disk is full$", line), line
+    runs_root = tmp_path / "cache" / "runs"
+    assert not list(runs_root.rglob("*.tmp")) and not list(runs_root.rglob(cache.MANIFEST))
+    assert empty_folders(runs_root) == []                                # the run's folder went with its file
+
+
+def test_a_failed_command_leaves_no_empty_folder(world, tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise ValueError("simulated failure before the first epoch")
+
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(runs.train, "fit", broken)
+    line = failed(["train-retrieval", *COMMON, *DOUBLE], capsys)
+    assert line.endswith("error: simulated failure before the first epoch")
+    assert empty_folders(tmp_path / "cache") == []
+    assert not list((tmp_path / "cache").glob("runs/*"))                  # no run folder at all
+
+
+def test_a_damaged_stage_1_folder_given_as_init_is_one_line(world, tmp_path, capsys):
+    classifier = runs.train_classifier(world["release"], config.get_profile("smoke", **QUICK), seed=0, device="cpu",
+                                       progress=False)
+    folder = tmp_path / "stage1"
+    shutil.copytree(classifier.path, folder)
+    model = folder / "model.pt"
+    content = bytearray(model.read_bytes())
+    content[len(content) // 2] ^= 0xFF                                   # same size: passes the argument check
+    model.write_bytes(bytes(content))
+    line = failed(["train-retrieval", *COMMON, "--init", str(folder), "--epochs", "1"], capsys)
+    assert f"error: damaged cache file {model}: content hash differs" in line
+
+
+# --------------------------------------------------------------------------- tuned settings by default
+TUNED = {"one-stage": {"double": {"lr": 3e-4, "pos_margin": 0.1, "neg_margin": 1.3}},
+         "two-stage": {"single": {"lr": 2e-4, "margin": 0.9}}}
+"""Made-up tuned settings: the double margin one-stage and the single margin two-stage only."""
+
+
+@pytest.mark.parametrize("extra, lr, margins", [
+    (["--loss", "double", "--init", "imagenet"], 3e-4, {"pos_margin": 0.1, "neg_margin": 1.3}),
+    (["--loss", "double", "--init", "imagenet", "--neg-margin", "1.0"], 3e-4, {"pos_margin": 0.1, "neg_margin": 1.0}),
+    (["--loss", "double", "--init", "imagenet", "--set", "ret_lr=1e-3"], 1e-3, {"pos_margin": 0.1, "neg_margin": 1.3}),
+    (["--loss", "single", "--init", "classifier"], 2e-4, {"margin": 0.9}),
+    (["--loss", "single", "--init", "classifier", "--set", "single_margin=0.5"], 2e-4, {"margin": 0.5}),
+    (["--loss", "single", "--init", "imagenet"], "profile", {"margin": "profile"}),  # not tuned one-stage
+    (["--loss", "triplet", "--init", "classifier", "--margin", "0.3"], "profile", {"margin": 0.3}),
+])
+def test_a_retrieval_run_takes_the_tuned_settings_unless_the_command_sets_them(monkeypatch, extra, lr, margins):
+    monkeypatch.setitem(config.PROFILES, "smoke", config.get_profile("smoke", tuned=TUNED))
+    args = cli.build_parser().parse_args(["train-retrieval", "--profile", "smoke", *extra])
+    profile, own = cli._profile_and_overrides(args, pytest.fail)
+    plain = config.get_profile("smoke", **dict(args.overrides))
+    method_fields = {"margin": "single_margin" if args.loss == "single" else "triplet_margin"}
+    want = {k: getattr(plain, method_fields[k]) if v == "profile" else v for k, v in margins.items()}
+    assert cli._retrieval_settings(args, profile, own) == {"lr": plain.ret_lr if lr == "profile" else lr,
+                                                          "margins": want}
+
+
+def test_the_margin_order_is_checked_against_the_tuned_margin(monkeypatch, capsys):
+    monkeypatch.setitem(config.PROFILES, "smoke", config.get_profile("smoke", tuned=TUNED))
+    err = usage_error(["train-retrieval", "--profile", "smoke", "--init", "imagenet", "--pos-margin", "1.3"], capsys)
+    assert "argument --pos-margin" in err and "m1 = 1.3 and m2 = 1.3" in err

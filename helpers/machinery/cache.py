@@ -9,6 +9,7 @@ docstrings and formatting do not count and everything else does.
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import os
@@ -86,24 +87,116 @@ def current_umask() -> int:
     return mask
 
 
+# --------------------------------------------------------------------------- writing
+
+WRITE_FAULTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit (ulimit -f) is reached",
+    errno.EROFS: "the cache folder is read-only (a read-only file system)",
+    errno.EACCES: "the cache folder is read-only for this user (permission denied)",
+    errno.EPERM: "the cache folder is read-only for this user (operation not permitted)",
+}
+"""The ``errno`` values that mean the cache cannot be written, and what each means to the user."""
+FULL_BELOW = 1 << 20
+"""Free bytes below which a failed write is put down to a full disk (torch's writer loses the ``errno``)."""
+
+
+class CacheWriteError(OSError):
+    """A cache file that cannot be written (full disk, read-only or forbidden folder); the message is one line.
+
+    ``errno`` is the cause's (``ENOSPC``, ``EROFS``, ``EACCES``...), so code
+    that handles an ``OSError`` by its number still can.
+    """
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(one_line(message))
+        self.errno = code
+
+
+def write_fault(error: BaseException) -> int | None:
+    """The ``errno`` of ``error`` when it is an ``OSError`` that means the cache cannot be written, else ``None``."""
+    if isinstance(error, OSError) and error.errno in WRITE_FAULTS:
+        return error.errno
+    return None
+
+
+def _diagnosed_fault(temporary: str) -> int | None:
+    """Why writing ``temporary`` failed without an ``errno``: the file size limit or a full disk, else ``None``.
+
+    torch's zip writer reports a failed write as a ``RuntimeError`` ("unexpected
+    pos ..."); the partial file and the free space still tell the cause.
+    """
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and os.path.getsize(temporary) >= limit:
+            return errno.EFBIG
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        disk = os.statvfs(os.path.dirname(temporary) or ".")
+    except (AttributeError, OSError):
+        return None
+    free = disk.f_bfree if os.geteuid() == 0 else disk.f_bavail  # root may use the reserved blocks
+    return errno.ENOSPC if free * disk.f_frsize < FULL_BELOW else None
+
+
+def cannot_write(path, code: int) -> CacheWriteError:
+    """The :class:`CacheWriteError` "cannot write <path>: <reason>" for a fault of :data:`WRITE_FAULTS`."""
+    return CacheWriteError(f"cannot write {path}: {WRITE_FAULTS[code]}", code)
+
+
+def _temporary_beside(path: Path) -> str:
+    """A new empty temporary file in the folder of ``path``; a folder that cannot take it raises :class:`CacheWriteError`."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        code = write_fault(error)
+        if code is None:
+            raise
+        raise cannot_write(path, code) from None
+    os.close(handle)
+    return temporary
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, then rename it over ``path``.
 
-    A reader never sees a half-written file, and a crash leaves no partial one.
-    The file gets the mode the umask allows (``0o666 & ~umask``), not
-    :func:`tempfile.mkstemp`'s private 0600, so a shared cache stays readable.
+    A reader never sees a half-written file, and a failure or a crash leaves
+    no partial one: the temporary file is removed. A write the disk or the
+    folder refuses (full disk, file size limit, read-only or forbidden
+    folder) raises :class:`CacheWriteError`, one line naming ``path`` and
+    the reason, and leaves no empty folder: the folder of ``path`` goes too
+    if nothing else is in it. Any other failure is raised as it is. The file gets the mode
+    the umask allows (``0o666 & ~umask``), not :func:`tempfile.mkstemp`'s
+    private 0600, so a shared cache stays readable.
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = _temporary_beside(path)
     try:
         write(temporary)
         os.chmod(temporary, 0o666 & ~current_umask())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
+        code = write_fault(error)
+        if code is None and isinstance(error, Exception) and not isinstance(error, OSError):
+            code = _diagnosed_fault(temporary)
         if os.path.exists(temporary):
             os.remove(temporary)
-        raise
+        if code is None:
+            raise
+        _remove_if_empty(path.parent)
+        raise cannot_write(path, code) from None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` if nothing is in it (a run folder whose first file could not be written)."""
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty, gone, or not ours to remove
+        pass
 
 
 def write_text(path: Path, text: str) -> None:
@@ -212,21 +305,38 @@ def parsed(file: Path, read: Callable):
 
 
 def move_aside(entry: Path) -> Path:
-    """Rename a damaged entry (and a file's manifest) to ``<name>.damaged-<UTC time>``; nothing is deleted."""
+    """Rename a damaged entry (and a file's manifest) to ``<name>.damaged-<UTC time>``; nothing is deleted.
+
+    A folder that refuses the rename (read-only, forbidden) raises
+    :class:`CacheWriteError`, one line naming ``entry``.
+    """
     entry = Path(entry)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     target = entry.with_name(f"{entry.name}.damaged-{stamp}")
     sidecar = manifest_path(entry)
-    if entry.exists():
-        os.replace(entry, target)
-    if not entry.is_dir() and sidecar.parent == entry.parent and sidecar.exists():
-        os.replace(sidecar, target.with_name(target.name + "." + MANIFEST))
+    try:
+        if entry.exists():
+            os.replace(entry, target)
+        if not entry.is_dir() and sidecar.parent == entry.parent and sidecar.exists():
+            os.replace(sidecar, target.with_name(target.name + "." + MANIFEST))
+    except OSError as error:
+        code = write_fault(error)
+        if code is None:
+            raise
+        raise CacheWriteError(f"cannot move {entry} aside: {WRITE_FAULTS[code]}", code) from None
     return target
 
 
 def set_aside(entry: Path, error: Exception) -> Path:
-    """Warn in one line that ``entry`` is damaged, and :func:`move_aside` it so it is made again."""
-    target = move_aside(entry)
+    """Warn in one line that ``entry`` is damaged, and :func:`move_aside` it so it is made again.
+
+    Where it cannot be moved (a read-only cache), raises :class:`DamagedEntry`:
+    one line saying what is damaged and why it cannot be made again.
+    """
+    try:
+        target = move_aside(entry)
+    except CacheWriteError as fault:
+        raise DamagedEntry(one_line(f"{error}; it cannot be made again: {fault}")) from None
     warnings.warn(one_line(f"{error}; moved aside to {target.name}, making it again"), DamagedEntryWarning,
                   stacklevel=3)
     return target

@@ -18,7 +18,10 @@ otherwise the profile's synthetic release with data seed
 
 ``--set FIELD=VALUE`` overrides a field of :class:`helpers.config.Profile` for
 every run of the command (stage 1 included); ``--epochs`` and the margin
-options change only the run the command is about. What the command prints
+options change only the run the command is about. A retrieval run's learning
+rate and margins are those ``make results`` tuned for its loss and schedule
+(the profile's ``tuned``), unless the command sets them (the margin options,
+``--set ret_lr=...`` or ``--set`` of a margin field). What the command prints
 and writes about a run is its kept epoch, the one with the best validation
 score, whose weights the run holds. ``--out DIR`` writes
 ``<command>.json`` (what was run: keys, cache folders, metrics) and
@@ -37,11 +40,14 @@ import argparse
 import dataclasses
 import json
 import os
+import struct
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from .. import config, methods
+from . import cache, lifeline
 
 INIT_NAMES = ("random", "imagenet", "classifier")
 SPLITS = ("validation", "test")
@@ -237,14 +243,14 @@ def _retrieval_options(parser: argparse.ArgumentParser, what: str) -> None:
                             "seed); or PATH, the cache folder of a finished stage-1 run (default: imagenet "
                             "if the profile sets weights, else random)")
     group.add_argument("--margin", type=_positive_float, default=None,
-                       help="margin of the single margin or triplet loss (default: the profile's "
-                            "single_margin or triplet_margin)")
+                       help="margin of the single margin or triplet loss (default: the one make results tuned for the "
+                            "loss and schedule, else the profile's single_margin or triplet_margin)")
     group.add_argument("--pos-margin", type=_nonnegative_float, default=None,
                        help="positive margin m1 of the double margin loss, 0 or more (0 makes it the single "
-                            "margin loss; default: the profile's pos_margin)")
+                            "margin loss; default: the tuned one, else the profile's pos_margin)")
     group.add_argument("--neg-margin", type=_positive_float, default=None,
                        help="negative margin m2 of the double margin loss, above m1 (default: the "
-                            "profile's neg_margin)")
+                            "tuned one, else the profile's neg_margin)")
     group.add_argument("--epochs", type=_nonnegative_int, default=None,
                        help="at most this many retrieval epochs (default: the profile's ret_epochs; "
                             "training stops earlier after ret_patience epochs without a better validation "
@@ -357,7 +363,7 @@ def _profile_and_overrides(args, error) -> tuple[config.Profile, dict]:
             own[method.margin_fields[keyword]] = value
         if args.epochs is not None:
             own["ret_epochs"] = args.epochs
-        margins = method.margins(dataclasses.replace(profile, **own))
+        margins = _retrieval_settings(args, profile, own)["margins"]
         if "pos_margin" in margins and not margins["pos_margin"] < margins["neg_margin"]:
             flag = "--pos-margin" if args.pos_margin is not None else "--neg-margin"
             error(f"argument {flag}: the positive margin m1 must be below the negative margin m2, got "
@@ -395,6 +401,67 @@ def _check_index_options(args, error) -> None:
         error(f"argument --nprobe: must be at most --nlist ({args.nlist}), got {args.nprobe}")
 
 
+# --------------------------------------------------------------------------- the data, before any work
+def release_images(release) -> list[Path]:
+    """Every image file of the release's splits (classification, retrieval training, validation, test), each once."""
+    lists = (release.classification_train.paths, release.classification_val.paths, release.retrieval_train.paths,
+             release.validation.queries, release.validation.database, release.test.queries, release.test.database)
+    return list(dict.fromkeys(Path(path) for paths in lists for path in paths))
+
+
+def image_fault(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image, or ``None``.
+
+    A PNG has its chunks' checksums verified (nothing is inflated); any other
+    format (JPEG) is decoded at its smallest draft scale, which still reads
+    every byte, so a truncated file is found.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                image.verify()
+            else:
+                image.draft(None, (1, 1))
+                image.load()
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+            Image.DecompressionBombError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def images_checked_marker(release) -> Path:
+    """The file whose presence says the images of this release (by its content fingerprint) were all readable."""
+    from . import runs
+
+    return config.CACHE_DIR / "checks" / f"images-{runs.release_fingerprint(release)}.ok"
+
+
+def check_images(release) -> None:
+    """Raise ``ValueError`` naming the first image of the release that cannot be read, and why (one line).
+
+    A release found whole is remembered by its fingerprint (a marker file in
+    the cache), so it is checked once; a cache that cannot be written just
+    does not remember.
+    """
+    marker = images_checked_marker(release)
+    if marker.is_file():
+        return
+    paths = release_images(release)
+    for path in paths:
+        fault = image_fault(path)
+        if fault is not None:
+            raise ValueError(cache.one_line(f"unreadable image {path} ({fault}); every image of the release is "
+                                            "checked before any training"))
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(marker, f"{len(paths)} images readable\n")
+    except OSError as error:
+        if cache.write_fault(error) is None:
+            raise
+
+
 # --------------------------------------------------------------------------- running the commands
 def _kept_scores(run) -> dict:
     """The epochs-table row of the run's kept epoch (the best validation score), as plain numbers."""
@@ -416,6 +483,27 @@ def _say(run, role: str) -> None:
           f"{run.val_column} {run.best_score:.4f}\n  {run.path}", flush=True)
 
 
+def _retrieval_settings(args, profile: config.Profile, own: dict) -> dict:
+    """``{"lr", "margins"}`` of the command's retrieval run.
+
+    The settings ``make results`` tuned for its loss and schedule
+    (:func:`helpers.config.tuned_settings`; the profile's ``ret_lr`` and
+    margins where none were tuned), each replaced by the command's own choice
+    where it makes one: ``--margin``, ``--pos-margin``, ``--neg-margin``, or
+    ``--set`` of ``ret_lr`` or a margin field.
+    """
+    method = methods.get(args.loss)
+    init = args.init if args.init is not None else ("imagenet" if profile.weights else "random")
+    schedule = "one-stage" if init in ("random", "imagenet") else "two-stage"
+    tuned = config.tuned_settings(profile, schedule, method.name) or {}
+    chosen = {**dict(args.overrides), **own}
+    actual = dataclasses.replace(profile, **own)
+    margins = {keyword: getattr(actual, field) if field in chosen or keyword not in tuned else tuned[keyword]
+               for keyword, field in method.margin_fields.items()}
+    lr = actual.ret_lr if "ret_lr" in chosen or "lr" not in tuned else tuned["lr"]
+    return {"lr": lr, "margins": margins}
+
+
 def _train_runs(args, profile: config.Profile, own: dict, release) -> list[tuple[str, object]]:
     """Train or load the command's run(s): ``[(role, Run), ...]``, the command's own run last."""
     from . import runs
@@ -435,7 +523,9 @@ def _train_runs(args, profile: config.Profile, own: dict, release) -> list[tuple
         if init.kind != "classifier":
             raise _UsageError("--init", f"{args.init} holds a {init.kind} run, not a stage-1 classifier run")
         done.append(("stage 1", init))
-    run = runs.train_retrieval(release, args.loss, init, own_profile, **common)
+    settings = _retrieval_settings(args, profile, own)
+    run = runs.train_retrieval(release, args.loss, init, own_profile, lr=settings["lr"], margins=settings["margins"],
+                               **common)
     done.append(("retrieval", run))
     return done
 
@@ -545,6 +635,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     (argparse's ``SystemExit``); errors while loading data or training end
     the command with status 1 and the error's message.
     """
+    if lifeline.is_torchrun_worker():  # first: a worker must not outlive a killed torchrun
+        lifeline.watch_launcher()
     argv = list(sys.argv[1:] if argv is None else argv)
     if prog is None:
         name = os.path.basename(sys.argv[0] or "")
@@ -572,6 +664,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         with distributed.main_first():  # rank 0 writes the synthetic release if it is missing
             release = data.load_active_release(profile, seed=config.DEFAULT_SEED, progress=not args.no_progress)
+        check_images(release)
         done = _train_runs(args, profile, own, release)
         role, run = done[-1]
         _say(run, role)
@@ -583,11 +676,39 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             result, table = _build_index(args, profile, run, release)
     except _UsageError as err:
         sub.error(str(err))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError, cache.DamagedEntry) as err:
+        return _failed(f"{prog} {args.command}", err)
     finally:
         distributed.shutdown()
     if args.out is not None:
-        _write_summary(args, argv, profile, release, done, result, table)
+        try:
+            _write_summary(args, argv, profile, release, done, result, table)
+        except OSError as err:
+            return _failed(f"{prog} {args.command}", err)
     return 0
+
+
+def _failed(who: str, error: Exception) -> int:
+    """Print ``error`` as one line ``<who>: error: ...`` on stderr and return the exit status 1.
+
+    An ``OSError`` is reported only when it is one a user can act on: a
+    missing file, or a write refused (full disk, read-only or forbidden
+    folder); any other is raised again, with its traceback.
+    """
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, cache.CacheWriteError)):
+        code = cache.write_fault(error)
+        if code is None:
+            raise error
+        where = error.filename or "a file"
+        error = cache.cannot_write(where, code) if _in_cache(where) else f"{where}: {error.strerror}"
+    print(f"{who}: error: {cache.one_line(error)}", file=sys.stderr)
+    return 1
+
+
+def _in_cache(path) -> bool:
+    """Whether ``path`` lies in the cache folder (``config.CACHE_DIR``)."""
+    try:
+        Path(path).resolve().relative_to(Path(config.CACHE_DIR).resolve())
+    except (ValueError, OSError):
+        return False
+    return True

@@ -1,166 +1,307 @@
-"""``make results``: the fair comparison of the paper's claims, run and written to ``results/``.
+"""``make results``: the fair comparison of the paper's claims, tuned, run and recorded in ``results/``.
 
 The protocol follows *A Metric Learning Reality Check* (Musgrave et al.,
-2020). Every method gets the same backbone, cut, embedding, data and image budget
-(:func:`helpers.train.tuple_budget`), and
+2020) and tunes what matters most, the learning rate, with the same
+black-box budget for everything compared (Melis et al., 2018):
 
-1. **the same tuning budget**: :data:`TUNING_GRID` holds six margin settings
-   per loss (the double margin's include m1 = 0, where it *is* the single
-   margin), each trained from the seed-0 stage-1 classifier to its validation
-   plateau and scored by its best **validation** mAP (:func:`tune`);
-2. training to a **validation plateau**: early stopping on validation mAP,
-   keeping the best epoch (the profile's ``ret_patience``);
-3. **seeds**: every method at its tuned margins with every training seed,
-   one-stage (from ImageNet) and two-stage (from that seed's stage-1
-   classifier), plus a **compute-matched** one-stage double margin run that
-   may see as many images as stage 1 and stage 2 together
-   (:func:`compute_matched_epochs`), all scored on the **test** split
-   (:func:`seed_rows`);
-4. the positive share of the contrastive losses per epoch, at the tuned and
-   at the paper's margins (:func:`imbalance_rows`).
+1. **stage 1's learning rate**, tuned once on validation accuracy
+   (:mod:`.tuning`, the profile's ``tuning_trials`` trials, seed 0); every
+   two-stage run starts from a classifier trained at that rate;
+2. **each loss on each schedule** (one-stage from ImageNet, two-stage from
+   stage 1): its learning rate and margins tuned jointly, with the same
+   number of trials, on the leave-one-out validation mAP
+   (:func:`helpers.metrics.leave_one_out_map`);
+3. every run trains a **fixed number of epochs** (no early stopping) and
+   keeps its best validation epoch;
+4. **five seeds** of every method at its tuned settings, one-stage and
+   two-stage, a **compute-matched** one-stage double margin run that sees as
+   many images as stage 1 and stage 2 together
+   (:func:`compute_matched_epochs`), and the floors, all scored on the
+   **test** split, with every test query's AP kept for the bootstrap over
+   categories (:func:`helpers.stats.bootstrap_ci`);
+5. the positive share of the contrastive losses per epoch, at the tuned and
+   at the paper's margins (:func:`imbalance_rows`), and the validation noise
+   of the old query protocol against leave-one-out (:func:`validation_noise_rows`).
 
-``benchmarks/results_table.py`` (``make results``) resolves the profile,
-runs :func:`run_protocol` and :func:`write_results`; the notebooks read the
-tables and state the claims as paired differences over seeds with
-:mod:`helpers.report`.
+Each trial and each run is written to ``results/`` the moment it ends
+(:class:`Recorder`), so an interrupted ``make results`` resumes where it
+stopped, even on a fresh clone with an empty cache.
+``benchmarks/results_table.py`` (``make results``) drives :func:`run_protocol`.
 """
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from .. import config, evaluation, loss_analysis, methods, metrics, report, train
+from .. import config, evaluation, loss_analysis, methods, metrics, report
 from ..progress import bar as tqdm
-from . import runs
+from . import runs, tuning
 
-TUNING_GRID = {
-    "single": {"margin": (0.4, 0.6, 0.8, 1.0, 1.2, 1.4)},
-    "double": {"pos_margin": (0.0, 0.4, 0.8), "neg_margin": (1.0, 1.2)},
-    "triplet": {"margin": (0.1, 0.2, 0.3, 0.4, 0.6, 0.8)},
-}
-"""Six margin settings per loss: the same tuning budget for each (the paper's margins are in every grid)."""
+SEEDS = (0, 1, 2, 3, 4)
+"""The training seeds of the comparison; seed 0 also runs the tuning."""
+NOISE_EPOCHS = 5
+"""The last epochs of a run over which :func:`validation_noise_rows` measures the spread of validation mAP."""
 
 
-def grid_points(loss: str) -> list[dict]:
-    """Every margin setting of ``loss`` in :data:`TUNING_GRID`, as keyword dicts, invalid ones left out."""
-    grid = TUNING_GRID[methods.get(loss).name]
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    return [p for p in points if p.get("pos_margin", -math.inf) < p.get("neg_margin", math.inf)]
+# --------------------------------------------------------------------------- recording
+
+TUNED_FIELDS = ("cls_lr", "ret_lr", "pos_margin", "neg_margin", "single_margin", "triplet_margin", "tuned")
+"""Profile fields the protocol sets itself: left out of :func:`settings_hash`."""
 
 
-def _run_summary(run: runs.Run) -> dict:
-    """Epochs trained, the best validation epoch and score, and the wall time of a run."""
-    return {"epochs trained": run.last_epoch, "best epoch": run.best_epoch,
-            f"best {run.val_column}": run.best_score, "train s": float(run.wall_time)}
+def settings_hash(profile: config.Profile) -> str:
+    """A short hash of every profile field but :data:`TUNED_FIELDS`: recorded rows hold only for the same settings."""
+    fields = {k: v for k, v in profile.to_dict().items() if k not in TUNED_FIELDS}
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:8]
 
 
-def tune(release, stage1: runs.Run, profile: config.Profile, *, seed: int = config.DEFAULT_SEED,
-         progress: bool = True) -> pd.DataFrame:
-    """Train every setting of :data:`TUNING_GRID` from ``stage1`` and score it on the validation split.
+class Recorder:
+    """The tables of ``make results`` in ``folder``, one CSV each, rewritten as every trial or run ends.
 
-    One row per (loss, setting): the margins, the best validation mAP (the
-    run keeps that epoch), the epochs trained and the training time.
+    Rows carry the profile's name and the code version, extended by the
+    :func:`settings_hash` of the profile (``"<code>-<settings>"``). Rows of
+    other profiles are kept as they are; rows of this profile written by
+    another code version or other settings are stale and are dropped on the
+    first write.
     """
-    rows = []
-    points = [(loss, point) for loss in methods.NAMES for point in grid_points(loss)]
-    for loss, point in tqdm(points, desc="tuning", unit="run", disable=not progress):
-        run = runs.train_retrieval(release, loss, stage1, profile, seed=seed, margins=point, progress=False)
-        rows.append({"loss": loss, "margins": methods.get(loss).describe_margins(point), **point,
-                     **_run_summary(run), "key": run.key})
-    return pd.DataFrame(rows)
+
+    def __init__(self, folder: Path, profile: str, code: str):
+        self.folder, self.profile, self.code = Path(folder), profile, code
+        self.tables: dict[str, pd.DataFrame] = {}
+        self.began = time.perf_counter()
+        self.sitting = len(self.rows("stamp"))
+
+    def _path(self, table: str) -> Path:
+        return self.folder / report.FILES[table]
+
+    def _all(self, table: str) -> pd.DataFrame:
+        if table not in self.tables:
+            path = self._path(table)
+            self.tables[table] = (pd.read_csv(path, dtype={"profile": str, "code": str}) if path.is_file()
+                                  else pd.DataFrame(columns=["profile", "code"]))
+        return self.tables[table]
+
+    def rows(self, table: str) -> pd.DataFrame:
+        """This profile's rows of ``table`` written by this code version."""
+        every = self._all(table)
+        return every[(every["profile"] == self.profile) & (every["code"] == self.code)].reset_index(drop=True)
+
+    def add(self, table: str, rows: list[dict], replacing: dict | None = None) -> None:
+        """Append ``rows`` (stamped with the profile and code version) to ``table`` and write it atomically.
+
+        ``replacing`` (column -> value) first drops this profile's rows that
+        match all of it. The ``stamp`` table's row of this sitting (its wall
+        time so far) is rewritten with every other table.
+        """
+        every = self._all(table)
+        kept = every[(every["profile"] != self.profile) | (every["code"] == self.code)]
+        if replacing and len(kept) and all(column in kept for column in replacing):
+            match = np.logical_and.reduce([kept[column] == value for column, value in replacing.items()])
+            kept = kept[~(match & (kept["profile"] == self.profile))]
+        new = pd.DataFrame(rows).assign(profile=self.profile, code=self.code)
+        table_rows = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+        self.tables[table] = table_rows
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self._path(table).with_suffix(".csv.tmp")
+        table_rows.to_csv(temporary, index=False, float_format="%.6g")
+        os.replace(temporary, self._path(table))
+        if table != "stamp":
+            self.stamp(complete=False)
+
+    def stamp(self, complete: bool, **extra) -> None:
+        """Write this sitting's row of the ``stamp`` table: its wall time so far and whether the results are complete."""
+        self.add("stamp", [{"sitting": self.sitting, "wall s": round(time.perf_counter() - self.began),
+                            "complete": complete, **extra}], replacing={"sitting": self.sitting})
 
 
-def images_seen(run: runs.Run, release, profile: config.Profile) -> int:
-    """Training images a run went through: epochs trained x images per epoch.
+# --------------------------------------------------------------------------- budgets
 
-    A classifier sees every image of ``release.classification_train`` once
-    an epoch; a retrieval run sees, per category with at least two images,
-    its tuples per category (:func:`helpers.train.tuple_budget`) of
-    ``method.tuple_size`` images each.
+def classifier_images_per_epoch(release) -> int:
+    """A classifier sees every image of ``release.classification_train`` once an epoch."""
+    return len(release.classification_train)
+
+
+def retrieval_images_per_epoch(release, profile: config.Profile, loss: str) -> int:
+    """Images a retrieval epoch goes through: per category with two images or more, its tuples x their size.
+
+    The triplet loss gets as many images as the pair losses, in two thirds as
+    many tuples (:func:`helpers.train.tuple_budget`).
     """
-    if run.kind == "classifier":
-        return run.last_epoch * len(release.classification_train)
-    method = methods.get(run.config["loss"])
+    from .. import train
+
+    method = methods.get(loss)
     per_category, _ = train.tuple_budget(method, profile.pairs_per_category, profile.ret_batch_size)
     counts = np.bincount(release.retrieval_train.labels)
-    return run.last_epoch * per_category * method.tuple_size * int((counts >= 2).sum())
+    return per_category * method.tuple_size * int((counts >= 2).sum())
 
 
-def compute_matched_epochs(stage1: runs.Run, two_stage: runs.Run, release, profile: config.Profile) -> int:
-    """Retrieval epochs in which one-stage training sees as many images as ``stage1`` + ``two_stage`` did."""
-    total = images_seen(stage1, release, profile) + images_seen(two_stage, release, profile)
-    per_epoch = images_seen(two_stage, release, profile) / max(1, two_stage.last_epoch)
+def compute_matched_epochs(release, profile: config.Profile) -> int:
+    """Retrieval epochs in which one-stage training sees as many images as stage 1 and a two-stage run together."""
+    per_epoch = retrieval_images_per_epoch(release, profile, "double")
+    total = profile.cls_epochs * classifier_images_per_epoch(release) + profile.ret_epochs * per_epoch
     return max(1, math.ceil(total / per_epoch))
 
 
-def _score(name: str, seed: int, model, release, profile: config.Profile, extra: dict | None = None) -> dict:
-    """A comparison row: ``model`` embedded and scored on the test split (:func:`helpers.metrics.evaluate`)."""
-    query_emb, db_emb = evaluation.embed_split(model, release.test, profile, progress=False)
-    return {"model": name, "seed": seed, **(extra or {}),
-            **metrics.evaluate(query_emb, db_emb, release.test.ground_truth)}
+# --------------------------------------------------------------------------- tuning
+
+def _stage1_trainer(release, profile: config.Profile, seed: int) -> Callable:
+    def train(settings: dict, report_epoch: Callable) -> dict:
+        run = runs.train_classifier(release, replace(profile, cls_lr=settings["lr"]), seed=seed, progress=False,
+                                    on_epoch_end=lambda row: report_epoch(row["epoch"], row["val_accuracy"]))
+        return {"best epoch": run.best_epoch, "best score": run.best_score, "key": run.key,
+                "train s": round(run.wall_time, 1)}
+    return train
 
 
-def _retrieval_extra(run: runs.Run, margins: dict, images: int) -> dict:
-    """The training columns of a retrieval row: its margins, the images seen and :func:`_run_summary`."""
-    return {"margins": methods.get(run.config["loss"]).describe_margins(margins), "images seen": images,
-            **_run_summary(run)}
+def _retrieval_trainer(release, loss: str, init, profile: config.Profile, seed: int) -> Callable:
+    method = methods.get(loss)
+
+    def train(settings: dict, report_epoch: Callable) -> dict:
+        margins = {name: settings[name] for name in method.margin_fields}
+        run = runs.train_retrieval(release, loss, init, profile, seed=seed, lr=settings["lr"], margins=margins,
+                                   progress=False,
+                                   on_epoch_end=lambda row: report_epoch(row["epoch"], row["val_mAP"]))
+        return {"best epoch": run.best_epoch, "best score": run.best_score, "key": run.key,
+                "train s": round(run.wall_time, 1)}
+    return train
 
 
-def seed_rows(release, seed: int, profile: config.Profile, tuned: dict[str, dict], *,
-              progress: bool = True) -> list[dict]:
-    """Every model of the comparison trained (or loaded) with ``seed`` and scored on the test split.
+def tune_all(release, profile: config.Profile, recorder: Recorder, *, seed: int = 0,
+             on_trial: Callable | None = None) -> config.Profile:
+    """Run (or resume) every study; return ``profile`` with the chosen ``cls_lr`` and ``tuned`` settings."""
+    recorded = recorder.rows("tuning")
+    trials = profile.tuning_trials
 
-    ``tuned`` maps each loss to its margins (:func:`helpers.report.chosen_margins`).
-    Rows: the six methods, the compute-matched one-stage double margin, and
-    the floors (ImageNet features, stage-1 features, random rankings).
-    """
-    rows = []
+    def study(name: str, suggest: Callable, train: Callable, epochs: int) -> pd.DataFrame:
+        mine = recorded[recorded["study"] == name] if len(recorded) else recorded
+        return tuning.run_study(name, suggest, train, epochs=epochs, trials=trials, seed=seed,
+                                recorded=mine.to_dict("records"), record=lambda row: recorder.add("tuning", [row]),
+                                on_trial=on_trial)
+
+    stage1_rows = study(report.STAGE1_STUDY, tuning.search_space("stage 1"), _stage1_trainer(release, profile, seed),
+                        profile.cls_epochs)
+    profile = replace(profile, cls_lr=tuning.best_settings(stage1_rows, ["lr"])["lr"])
     stage1 = runs.train_classifier(release, profile, seed=seed, progress=False)
-    stage1_row = {"images seen": images_seen(stage1, release, profile), **_run_summary(stage1)}
-    jobs = [(loss, stage) for stage in ("one-stage", "two-stage") for loss in methods.NAMES]
-    trained = {}
-    for loss, stage in tqdm(jobs, desc=f"seed {seed}", unit="run", disable=not progress):
-        init = "imagenet" if stage == "one-stage" else stage1
-        run = runs.train_retrieval(release, loss, init, profile, seed=seed, margins=tuned[loss], progress=False)
-        trained[report.model_name(loss, stage)] = run
-        images = images_seen(run, release, profile) + (stage1_row["images seen"] if stage == "two-stage" else 0)
-        rows.append(_score(report.model_name(loss, stage), seed, run.model, release, profile,
-                           _retrieval_extra(run, tuned[loss], images)))
-    epochs = compute_matched_epochs(stage1, trained[report.model_name("double", "two-stage")], release, profile)
-    matched_profile = replace(profile, ret_epochs=epochs, ret_lr_step=max(1, epochs // 2), ret_patience=None)
-    matched = runs.train_retrieval(release, "double", "imagenet", matched_profile, seed=seed,
-                                   margins=tuned["double"], progress=False)
-    rows.append(_score(report.MATCHED, seed, matched.model, release, profile,
-                       _retrieval_extra(matched, tuned["double"], images_seen(matched, release, profile))))
-    rows.append(_score("ImageNet features only", seed, runs.untrained_model(profile, seed=seed), release, profile))
-    rows.append(_score("stage-1 features only", seed, stage1.model.embedding().eval(), release, profile,
-                       stage1_row))
-    chance = evaluation.chance_levels(release.test, seed=seed)
-    rows.append({"model": "random ranking", "seed": seed, **chance.to_dict()})
-    return rows
+    tuned: dict = {schedule: {} for schedule in config.SCHEDULES}
+    for schedule in config.SCHEDULES:
+        init = "imagenet" if schedule == "one-stage" else stage1
+        for loss in methods.NAMES:
+            rows = study(report.study_name(loss, schedule), tuning.search_space("retrieval", loss),
+                         _retrieval_trainer(release, loss, init, profile, seed), profile.ret_epochs)
+            tuned[schedule][loss] = tuning.best_settings(rows, ["lr", *methods.get(loss).margin_fields])
+    return config.check_profile(replace(profile, tuned=tuned))
 
 
-def imbalance_rows(release, stage1: runs.Run, profile: config.Profile, tuned: dict[str, dict], *,
-                   seed: int = config.DEFAULT_SEED) -> list[dict]:
+def n_trials(profile: config.Profile) -> int:
+    """Trials of every study together: stage 1 and each loss on each schedule."""
+    return profile.tuning_trials * (1 + len(methods.NAMES) * len(config.SCHEDULES))
+
+
+# --------------------------------------------------------------------------- seeds
+
+def _test_rows(name: str, seed: int, model, release, profile: config.Profile, extra: dict) -> tuple[dict, list[dict]]:
+    """A comparison row (every metric of ``model`` on the test split) and its per-query AP rows."""
+    query_emb, db_emb = evaluation.embed_split(model, release.test, profile, progress=False)
+    row = {"model": name, "seed": seed, **extra, **metrics.evaluate(query_emb, db_emb, release.test.ground_truth)}
+    aps = metrics.average_precision(query_emb, db_emb, release.test.ground_truth, mode="trapezoid")
+    per_query = [{"model": name, "seed": seed, "query": q, "category": int(label), "AP": float(ap)}
+                 for q, (label, ap) in enumerate(zip(release.test.query_labels, aps))]
+    return row, per_query
+
+
+def _run_columns(run: runs.Run, images: int) -> dict:
+    columns = {"epochs trained": run.last_epoch, "best epoch": run.best_epoch,
+               f"best {run.val_column}": run.best_score, "train s": round(float(run.wall_time), 1),
+               "images seen": images}
+    if run.kind == "retrieval":
+        method = methods.get(run.config["loss"])
+        columns.update(lr=run.config["lr"],
+                       margins=method.describe_margins({k: run.config[k] for k in method.margin_fields}))
+    return columns
+
+
+def seed_jobs(release, seed: int, profile: config.Profile) -> list[tuple[str, Callable[[], tuple[dict, list]]]]:
+    """``(model name, job)`` for every model of the comparison with ``seed``; ``job()`` trains (or loads) and tests it.
+
+    ``profile`` is the tuned profile of :func:`tune_all`. The models: the
+    three losses one-stage and two-stage, the compute-matched one-stage
+    double margin, the ImageNet and stage-1 features, random rankings. Stage
+    1 is trained (or loaded) only when a job needs it.
+    """
+    stage1_memo: list = []
+
+    def stage1() -> runs.Run:
+        if not stage1_memo:
+            stage1_memo.append(runs.train_classifier(release, profile, seed=seed, progress=False))
+        return stage1_memo[0]
+
+    stage1_images = profile.cls_epochs * classifier_images_per_epoch(release)
+
+    def retrieval(loss: str, schedule: str) -> Callable:
+        def job():
+            init = "imagenet" if schedule == "one-stage" else stage1()
+            run = runs.train_retrieval(release, loss, init, profile, seed=seed, progress=False)
+            images = run.last_epoch * retrieval_images_per_epoch(release, profile, loss)
+            images += stage1_images if schedule == "two-stage" else 0
+            return _test_rows(report.model_name(loss, schedule), seed, run.model, release, profile,
+                              _run_columns(run, images))
+        return job
+
+    def matched():
+        epochs = compute_matched_epochs(release, profile)
+        settings = runs.default_settings(profile, "double", "imagenet")
+        run = runs.train_retrieval(release, "double", "imagenet",
+                                   replace(profile, ret_epochs=epochs, ret_lr_step=epochs), seed=seed,
+                                   lr=settings["lr"], margins=settings["margins"], progress=False)
+        images = run.last_epoch * retrieval_images_per_epoch(release, profile, "double")
+        return _test_rows(report.MATCHED, seed, run.model, release, profile, _run_columns(run, images))
+
+    def stage1_features():
+        run = stage1()
+        return _test_rows("stage-1 features only", seed, run.model.embedding().eval(), release, profile,
+                          _run_columns(run, stage1_images))
+
+    def imagenet_features():
+        return _test_rows("ImageNet features only", seed, runs.untrained_model(profile, seed=seed), release, profile,
+                          {})
+
+    def chance():
+        return {"model": "random ranking", "seed": seed,
+                **evaluation.chance_levels(release.test, seed=seed).to_dict()}, []
+
+    jobs = [(report.model_name(loss, schedule), retrieval(loss, schedule))
+            for schedule in config.SCHEDULES for loss in methods.NAMES]
+    return jobs + [(report.MATCHED, matched), ("ImageNet features only", imagenet_features),
+                   ("stage-1 features only", stage1_features), ("random ranking", chance)]
+
+
+# --------------------------------------------------------------------------- what the runs show
+
+def imbalance_rows(release, profile: config.Profile, *, seed: int = 0) -> list[dict]:
     """The positive share of the loss per epoch, two-stage, for the contrastive losses at tuned and paper margins.
 
-    The runs are those of :func:`tune` (the paper's margins are in its grid),
-    so nothing new is trained. One row per (run, epoch): the share of the
-    summed batch losses that comes from positive pairs
+    The tuned runs are the comparison's seed-``seed`` runs; the paper-margin
+    runs keep the tuned learning rate. One row per (run, epoch): the share of
+    the summed batch losses that comes from positive pairs
     (:func:`helpers.loss_analysis.positive_share`), and the fractions of
     positive and negative pairs with a non-zero loss.
     """
+    stage1 = runs.train_classifier(release, profile, seed=seed, progress=False)
     rows = []
     for method in (m for m in methods.METHODS.values() if m.is_pair_loss):
-        for which, margins in (("tuned", tuned[method.name]), ("paper", method.margins(config.PROFILES["paper"]))):
-            run = runs.train_retrieval(release, method.name, stage1, profile, seed=seed, margins=margins,
-                                       progress=False)
+        tuned = runs.default_settings(profile, method.name, stage1)
+        for which, margins in (("tuned", tuned["margins"]), ("paper", method.margins(config.PROFILES["paper"]))):
+            run = runs.train_retrieval(release, method.name, stage1, profile, seed=seed, lr=tuned["lr"],
+                                       margins=margins, progress=False)
             for epoch, h in run.history.groupby("epoch"):
                 rows.append({"loss": method.name, "margins": f"{which}: {method.describe_margins(margins)}",
                              "epoch": int(epoch),
@@ -170,40 +311,71 @@ def imbalance_rows(release, stage1: runs.Run, profile: config.Profile, tuned: di
     return rows
 
 
-def run_protocol(release, profile: config.Profile, seeds=(0, 1, 2), *,
-                 progress: bool = True) -> dict[str, pd.DataFrame]:
-    """Tune, train every seed, measure the imbalance: the three tables of :data:`helpers.report.FILES` (not written).
+def validation_noise_rows(release, profile: config.Profile, *, seed: int = 0, loss: str = "double") -> list[dict]:
+    """Validation mAP per epoch of one two-stage run, by the query protocol and by leave-one-out.
 
-    Every table is stamped with the profile's name, :func:`runs.code_version`
-    and the wall time.
+    The run is the comparison's seed-``seed`` two-stage ``loss`` run, trained
+    again without the cache so that each epoch's network can also be scored
+    the way validation used to be: the split's queries (5 per category)
+    against its database. One row per epoch with both scores; the spread
+    over the last :data:`NOISE_EPOCHS` epochs is the noise a kept-epoch
+    decision has to see through (:func:`helpers.report.validation_noise`).
     """
-    began = time.perf_counter()
-    stage1 = runs.train_classifier(release, profile, seed=seeds[0], progress=False)
-    tuning = tune(release, stage1, profile, seed=seeds[0], progress=progress)
-    tuned = report.chosen_margins(tuning)
-    comparison = pd.DataFrame([row for seed in seeds for row in seed_rows(release, seed, profile, tuned,
-                                                                             progress=progress)])
-    imbalance = pd.DataFrame(imbalance_rows(release, stage1, profile, tuned, seed=seeds[0]))
-    stamp = {"profile": profile.name, "code": runs.code_version(), "wall s": round(time.perf_counter() - began)}
-    return {name: table.assign(**stamp) for name, table in
-            (("tuning", tuning), ("comparison", comparison), ("imbalance", imbalance))}
+    stage1 = runs.train_classifier(release, profile, seed=seed, progress=False)
+    recipe = runs.retrieval_recipe(release, loss, stage1, profile, seed=seed, cache=False, progress=False)
+    split = release.validation
+    query_protocol: list[float] = []
+    prepare = recipe.prepare
+
+    def prepare_with_queries(network):
+        loader_for, step, validate, batch_weight = prepare(network)
+        queries = runs.eval_inputs(network, split.queries, split.query_labels, profile, False)
+        database = runs.eval_inputs(network, split.database, split.database_labels, profile, False)
+
+        def both(top) -> float:
+            embed = lambda inputs: runs.embed_inputs(top, inputs, profile, None)
+            query_protocol.append(metrics.mean_average_precision(embed(queries), embed(database),
+                                                                 split.ground_truth)[0])
+            return validate(top)
+        return loader_for, step, both, batch_weight
+
+    run = runs.load_or_fit(replace(recipe, prepare=prepare_with_queries), cache=False, progress=False)
+    return [{"loss": loss, "epoch": int(epoch), "queries": q, "leave-one-out": float(loo)}
+            for epoch, q, loo in zip(run.epochs["epoch"], query_protocol, run.epochs["val_mAP"])]
 
 
-def write_results(tables: dict[str, pd.DataFrame], folder: Path = report.RESULTS_DIR) -> list[Path]:
-    """Write the tables of :func:`run_protocol` as the CSV files of :data:`helpers.report.FILES`; return their paths.
+# --------------------------------------------------------------------------- the whole protocol
 
-    Rows of other profiles already in a file are kept; those of the tables'
-    profile are replaced.
+def run_protocol(release, profile: config.Profile, seeds=SEEDS, *, folder: Path = report.RESULTS_DIR,
+                 progress: bool = True) -> config.Profile:
+    """Tune, train every seed, measure imbalance and noise, recording every row in ``folder``; return the tuned profile.
+
+    Whatever ``folder`` already holds for this profile and code version is
+    kept and skipped. The ``stamp`` table holds one row per sitting (its
+    wall time); the last one, written at the end, marks the results complete.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, table in tables.items():
-        path = folder / report.FILES[name]
-        if path.is_file():
-            kept = pd.read_csv(path)
-            kept = kept[~kept["profile"].isin(table["profile"].unique())]
-            table = pd.concat([kept, table], ignore_index=True) if len(kept) else table
-        table.to_csv(path, index=False, float_format="%.6g")
-        paths.append(path)
-    return paths
+    recorder = Recorder(folder, profile.name, f"{runs.code_version()}-{settings_hash(profile)}")
+    done = recorder.rows("comparison")
+    done_keys = set(zip(done["model"], done["seed"])) if len(done) else set()
+    total = n_trials(profile) + len(seeds) * len(seed_jobs(release, 0, profile)) + 2
+    with tqdm(total=total, desc="make results", unit="job", disable=not progress) as bar:
+        def on_trial(row: dict) -> None:
+            bar.set_postfix_str(f"{row['study']}: trial {int(row['trial']) + 1}")
+            bar.update()
+        tuned = tune_all(release, profile, recorder, seed=seeds[0], on_trial=on_trial)
+        for seed in seeds:
+            for name, job in seed_jobs(release, seed, tuned):
+                bar.set_postfix_str(f"seed {seed}: {name}")
+                if (name, seed) not in done_keys:
+                    row, per_query = job()
+                    recorder.add("per_query", per_query, replacing={"model": name, "seed": seed})
+                    recorder.add("comparison", [row])
+                bar.update()
+        for table, make in (("imbalance", lambda: imbalance_rows(release, tuned, seed=seeds[0])),
+                            ("validation_noise", lambda: validation_noise_rows(release, tuned, seed=seeds[0]))):
+            bar.set_postfix_str(table)
+            if recorder.rows(table).empty:
+                recorder.add(table, make())
+            bar.update()
+    recorder.stamp(complete=True, seeds=" ".join(map(str, seeds)), **{"trials per study": profile.tuning_trials})
+    return tuned

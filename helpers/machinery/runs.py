@@ -27,6 +27,7 @@ reads. Around it this module adds what a learner does not need to read:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import filelock
 import numpy as np
 import pandas as pd
 import torch
@@ -127,25 +129,56 @@ def code_version() -> str:
     return cache.code_version(RUN_CODE)
 
 
-def release_fingerprint(release) -> str:
-    """SHA-1 over the sorted relative paths and sizes of every file under ``release.root``.
+SMALL_FILE = 64 * 1024
+"""Files up to this size count whole in :func:`release_fingerprint`; larger ones by their size and three slices."""
 
-    Cheap (no file is read) and enough to keep runs on the synthetic data of
-    each profile and on the real Firearm 14k from ever sharing a cache entry.
-    Hidden files are ignored.
-    """
-    root = Path(release.root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"release root {root} does not exist; expected the folder the release was loaded from")
+
+def file_signature(path: Path) -> str:
+    """A cheap content signature: the SHA-1 of a small file, or of a large one's size and first, middle and last 16 KiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha1(str(size).encode("ascii"))
+    with open(path, "rb") as handle:
+        if size <= SMALL_FILE:
+            digest.update(handle.read())
+        else:
+            for offset in (0, size // 2, size - SMALL_FILE // 4):
+                handle.seek(offset)
+                digest.update(handle.read(SMALL_FILE // 4))
+    return digest.hexdigest()
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _listing(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, modification time in ns) of every file under ``root``, hidden ones left out, sorted."""
     entries = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if name.startswith("."):
-                continue
-            path = Path(folder) / name
-            entries.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}")
-    return hashlib.sha1("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
+            if not name.startswith("."):
+                stat = (Path(folder) / name).stat()
+                entries.append(((Path(folder) / name).relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return sorted(entries)
+
+
+def release_fingerprint(release) -> str:
+    """SHA-1 over the relative path and :func:`file_signature` of every file under ``release.root``.
+
+    Content-based: an edit that keeps a file's length (a ground-truth file,
+    an image) still changes the fingerprint, and with it every run key. The
+    result is remembered per listing (paths, sizes, modification times), so
+    a process reads the release once. Hidden files are ignored.
+    """
+    root = Path(release.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"release root {root} does not exist; expected the folder the release was loaded from")
+    listing = _listing(root)
+    memo = (str(root), tuple(listing))
+    if memo not in _FINGERPRINTS:
+        lines = (f"{name}\t{file_signature(root / name)}" for name, _, _ in listing)
+        _FINGERPRINTS[memo] = hashlib.sha1("\n".join(lines).encode("utf-8")).hexdigest()
+    return _FINGERPRINTS[memo]
 
 
 def stage_settings(profile: config.Profile, kind: str) -> dict:
@@ -328,7 +361,8 @@ def training_inputs(network: models.Network, images: data.ImageList, profile: co
     return partial(features.random_views, maps, images.labels, seed)
 
 
-def _embed(top: nn.Module, inputs, profile: config.Profile, device) -> torch.Tensor:
+def embed_inputs(top: nn.Module, inputs, profile: config.Profile, device) -> torch.Tensor:
+    """Embeddings (or logits) of ``top`` over inputs of :func:`eval_inputs`."""
     return models.extract_embeddings(top, inputs, batch_size=profile.eval_batch_size, device=device, progress=False)
 
 
@@ -401,38 +435,80 @@ def set_up(recipe: Recipe, device=None, cache: bool = True) -> Training:
     return Training(network, optimizer, scheduler, loader_for, step, validate, batch_weight)
 
 
+def _lock(folder: Path | None):
+    """A file lock on the run of ``folder`` (under ``cache/locks/``), or none without a cache or under torchrun.
+
+    A second process asking for the same run waits for the first, then
+    loads its result instead of training beside it. Under torchrun the
+    ranks of one job agree through their own barriers instead.
+    """
+    if folder is None or distributed.is_distributed():
+        return contextlib.nullcontext()
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(locks / f"{folder.name}.lock")
+
+
+def _epoch_row(history: train.History, index: int, val_column: str) -> dict:
+    row = dict(history.epochs[index])
+    row[val_column] = row.pop("val")
+    return row
+
+
 def load_or_fit(recipe: Recipe, *, device=None, cache: bool = True, progress: bool = True,
                 on_epoch_end: Callable[[dict], None] | None = None) -> Run:
     """Load the cached run of ``recipe``, or train it (resuming from its checkpoint) and cache it.
 
-    Under torchrun every process trains its share of each batch, BatchNorm
-    uses the statistics of the global batch, and only rank 0 writes the
-    checkpoints and the cache entry.
+    ``on_epoch_end(row)`` gets each trained epoch's row of the epochs table
+    (epoch 1 on), whether the epoch is trained now, restored from a
+    checkpoint or read from the cache, so a caller sees the same sequence
+    every time (the tuning prunes on it). Under torchrun every process
+    trains its share of each batch, BatchNorm uses the statistics of the
+    global batch, and only rank 0 writes the checkpoints and the cache entry.
     """
-    key = recipe.key
-    folder = run_folder(recipe.folder_kind, key) if cache else None
-    if folder is not None and (folder / MANIFEST).is_file():
-        try:
-            return load_run(folder)
-        except DamagedEntry as error:  # one line, the entry moved aside, and trained again
-            if distributed.is_main():
-                set_aside(folder, error)
-            distributed.barrier()
+    folder = run_folder(recipe.folder_kind, recipe.key) if cache else None
+    with _lock(folder):
+        run = _cached(folder)
+        if run is None:
+            return _fit(recipe, folder, device, cache, progress, on_epoch_end)
+    for _, row in run.epochs[run.epochs["epoch"] > 0].iterrows():
+        if on_epoch_end is not None:
+            on_epoch_end(row.to_dict())
+    return run
 
+
+def _cached(folder: Path | None) -> Run | None:
+    """The finished run in ``folder``, or ``None`` (a damaged entry is reported in one line and moved aside)."""
+    if folder is None or not (folder / MANIFEST).is_file():
+        return None
+    try:
+        return load_run(folder)
+    except DamagedEntry as error:
+        if distributed.is_main():
+            set_aside(folder, error)
+        distributed.barrier()
+        return None
+
+
+def _fit(recipe: Recipe, folder: Path | None, device, cache: bool, progress: bool,
+         on_epoch_end: Callable[[dict], None] | None) -> Run:
+    """Train ``recipe`` from its start or its checkpoint in ``folder``, and cache the finished run there."""
+    key = recipe.key
     device = device_of(device)
     training = set_up(recipe, device, cache)
     top, optimizer, scheduler = training.network.top, training.optimizer, training.scheduler
     history = restore_checkpoint(folder, key, top, optimizer, scheduler)
     writes = folder is not None and distributed.is_main()
     val_column = VAL_COLUMNS[recipe.kind]
+    if history is not None and on_epoch_end is not None:
+        for index in range(1, len(history.epochs)):  # the epochs the checkpoint already holds
+            on_epoch_end(_epoch_row(history, index, val_column))
 
     def after_epoch(history: train.History) -> None:
         if writes:
             save_checkpoint(folder, key, top, optimizer, scheduler, history)
         if on_epoch_end is not None:
-            row = dict(history.epochs[-1])
-            row[val_column] = row.pop("val")
-            on_epoch_end(row)
+            on_epoch_end(_epoch_row(history, -1, val_column))
 
     history = train.fit(top, optimizer, scheduler, training.loader_for,
                         distributed.data_parallel_step(training.step, top, device, training.batch_weight),
@@ -470,7 +546,7 @@ def classifier_recipe(release, profile: config.Profile, *, seed: int = config.DE
         weights = train.class_weights(train_images.labels, n_classes)
 
         def validate(top: nn.Module) -> float:
-            return float((_embed(top, val, profile, None).argmax(dim=1).numpy() == val.labels).mean())
+            return float((embed_inputs(top, val, profile, None).argmax(dim=1).numpy() == val.labels).mean())
 
         def loader_for(epoch: int):
             return distributed.epoch_loader(inputs(epoch), profile.cls_batch_size, seed, epoch, profile.num_workers)
@@ -519,15 +595,35 @@ def _start(init, profile: config.Profile) -> tuple[dict, Callable[[], models.Net
             lambda: classifier.embedding(profile.embedding_dim))
 
 
+def schedule_of(init) -> str:
+    """``"one-stage"`` for a start from ImageNet or random weights, ``"two-stage"`` for a start from stage 1."""
+    return "one-stage" if isinstance(init, str) and init in INITS else "two-stage"
+
+
+def default_settings(profile: config.Profile, loss, init) -> dict:
+    """``{"lr": ..., "margins": {...}}`` of a retrieval run of ``loss`` from ``init`` when none are given.
+
+    The settings ``make results`` tuned for that loss and schedule
+    (:func:`helpers.config.tuned_settings`) where the profile holds them,
+    else ``profile.ret_lr`` and the profile's margins.
+    """
+    method = methods.get(loss)
+    tuned = config.tuned_settings(profile, schedule_of(init), method.name)
+    if tuned is None:
+        return {"lr": profile.ret_lr, "margins": method.margins(profile)}
+    return {"lr": tuned["lr"], "margins": {name: tuned[name] for name in method.margin_fields}}
+
+
 def retrieval_recipe(release, loss, init, profile: config.Profile, *, seed: int = config.DEFAULT_SEED,
                      lr: float | None = None, margins: dict | None = None, cache: bool = True,
                      progress: bool = True) -> Recipe:
     """The :class:`Recipe` of a retrieval run (see :func:`train_retrieval`)."""
     method = methods.get(loss)
-    margins = dict(method.margins(profile) if margins is None else margins)
+    defaults = default_settings(profile, method.name, init)
+    margins = dict(defaults["margins"] if margins is None else margins)
     if sorted(margins) != sorted(method.margin_fields):
         raise ValueError(f"the {method.name} loss takes the margins {list(method.margin_fields)}, got {list(margins)}")
-    lr = profile.ret_lr if lr is None else float(lr)
+    lr = defaults["lr"] if lr is None else float(lr)
     start, build = _start(init, profile)
     settings = run_config("retrieval", release, seed, **stage_settings(profile, "retrieval"),
                           loss=method.name, **margins, lr=lr, **start)
@@ -535,8 +631,8 @@ def retrieval_recipe(release, loss, init, profile: config.Profile, *, seed: int 
     def prepare(network: models.Network):
         split = release.validation
         inputs = training_inputs(network, release.retrieval_train, profile, seed, cache, progress)
-        queries = eval_inputs(network, split.queries, split.query_labels, profile, progress)
-        database = eval_inputs(network, split.database, split.database_labels, profile, progress)
+        labels = np.concatenate([split.query_labels, split.database_labels])
+        images = eval_inputs(network, list(split.queries) + list(split.database), labels, profile, progress)
         per_category, batch_size = train.tuple_budget(method, profile.pairs_per_category, profile.ret_batch_size)
         tuples = train.training_tuples(method, release.retrieval_train.labels, per_category,
                                        profile.regenerate_every, seed)
@@ -547,9 +643,7 @@ def retrieval_recipe(release, loss, init, profile: config.Profile, *, seed: int 
                                             epoch, profile.num_workers)
 
         def validate(top: nn.Module) -> float:
-            return metrics.mean_average_precision(_embed(top, queries, profile, None),
-                                                  _embed(top, database, profile, None),
-                                                  split.ground_truth, mode="trapezoid")[0]
+            return metrics.leave_one_out_map(embed_inputs(top, images, profile, None), labels, mode="trapezoid")[0]
 
         step = partial(train.pair_step if method.is_pair_loss else train.triplet_step,
                        loss=method.per_item_loss(margins))
@@ -564,11 +658,11 @@ def train_retrieval(release, loss, init, profile: config.Profile, *, seed: int =
                     progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> Run:
     """Train an embedding network with a pair or triplet loss; load it if already trained.
 
-    ``loss`` names a method of :data:`helpers.methods.METHODS`; its margins
-    are ``margins`` or the profile's. ``init`` is ``"random"``,
-    ``"imagenet"``, a stage-1 run of :func:`train_classifier` or its cache
-    folder. The learning rate is ``lr`` or ``profile.ret_lr``, whatever the
-    start.
+    ``loss`` names a method of :data:`helpers.methods.METHODS`. ``init`` is
+    ``"random"``, ``"imagenet"``, a stage-1 run of :func:`train_classifier`
+    or its cache folder. The learning rate and margins are ``lr`` and
+    ``margins``, or those tuned for the loss and its schedule
+    (:func:`default_settings`).
 
     Every epoch draws ``pairs_per_category`` pairs per category of
     ``release.retrieval_train`` (half positive, half negative), redrawn every
@@ -577,8 +671,10 @@ def train_retrieval(release, loss, init, profile: config.Profile, *, seed: int =
     as many images, in two thirds as many triplets
     (:func:`helpers.train.tuple_budget`). Training runs ``ret_epochs``
     epochs (fewer with ``ret_patience``), with the learning rate x 0.1 every
-    ``ret_lr_step``; the validation mAP (trapezoid) on ``release.validation``
-    is measured before training (epoch 0) and after every epoch, and the run
+    ``ret_lr_step``; the validation mAP (trapezoid, every image of
+    ``release.validation`` a query against all the others:
+    :func:`helpers.metrics.leave_one_out_map`) is measured before training
+    (epoch 0) and after every epoch, and the run
     keeps the weights of its best validation epoch.
     """
     recipe = retrieval_recipe(release, loss, init, profile, seed=seed, lr=lr, margins=margins, cache=cache,
