@@ -209,14 +209,19 @@ def kept_last_share(comparison: pd.DataFrame) -> float:
 def validation_noise(table: pd.DataFrame, last: int = 5) -> pd.DataFrame:
     """Per validation protocol, the spread of validation mAP over a run's ``last`` epochs.
 
-    Columns: the standard deviation over those epochs and the mean absolute
-    change from one epoch to the next.
+    Columns: the standard deviation over those epochs, the standard
+    deviation around a straight line fitted to them (the noise once a
+    still-rising trend is taken out) and the mean absolute change from one
+    epoch to the next.
     """
     tail = table.sort_values("epoch").tail(last)
     rows = {}
     for protocol in ("queries", "leave-one-out"):
         values = tail[protocol].to_numpy(dtype=float)
+        epochs = tail["epoch"].to_numpy(dtype=float)
+        residuals = values - np.polyval(np.polyfit(epochs, values, 1), epochs)
         rows[protocol] = {"std over epochs": float(values.std(ddof=1)),
+                          "std around the trend": float(np.sqrt((residuals ** 2).sum() / (len(values) - 2))),
                           "mean epoch-to-epoch change": float(np.abs(np.diff(values)).mean())}
     out = pd.DataFrame(rows).T
     out.index.name = f"validation mAP, last {last} epochs"

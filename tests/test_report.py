@@ -193,6 +193,12 @@ def test_validation_noise_by_hand():
     assert noise.loc["leave-one-out", "std over epochs"] == pytest.approx(math.sqrt(0.00028 / 4))
     assert noise.loc["leave-one-out", "mean epoch-to-epoch change"] == pytest.approx(0.005)
     assert noise.index.name == "validation mAP, last 5 epochs"
+    # around the line 0.612 + 0.005 (epoch - 4): residuals -.002 .003 -.002 .003 -.002, 3 degrees of freedom
+    assert noise.loc["leave-one-out", "std around the trend"] == pytest.approx(math.sqrt(30e-6 / 3))
+    rising = pd.DataFrame({"epoch": range(6), "queries": [0.1 * e for e in range(6)],
+                           "leave-one-out": [0.3 + 0.02 * e for e in range(6)]})
+    assert report.validation_noise(rising)["std around the trend"].tolist() == pytest.approx([0, 0], abs=1e-12)
+    assert report.validation_noise(rising).loc["queries", "std over epochs"] > 0.1
     last3 = report.validation_noise(table, last=3)  # epochs 4, 5, 6
     assert last3.loc["queries", "mean epoch-to-epoch change"] == pytest.approx((0.04 + 0.01) / 2)
 
