@@ -11,7 +11,7 @@ import torch
 from helpers import config, data, evaluation, losses, metrics, models, synthetic
 from helpers.machinery import cache, features, runs
 
-SMOKE = config.get_profile("smoke")
+SMOKE = config.get_profile("smoke", tuned=None)  # untuned: runs take the profile's ret_lr and margins
 QUICK = config.get_profile(SMOKE, ret_epochs=1, pairs_per_category=4, ret_batch_size=16, ret_patience=None)
 TWO_EPOCHS = config.get_profile(QUICK, ret_epochs=2, ret_lr_step=1)
 SMALL_CNN = dict(backbone="small", weights=None, cut=None, render_size=40, train_size_range=(32, 40), eval_size=40)
@@ -307,7 +307,7 @@ def test_retrieval_training_lowers_the_loss_and_beats_the_untrained_network(tmp_
     # afford, so this test learns the clean templates of the same 12 + 4 + 4 categories.
     release = clean_release(tmp_path / "clean")
     profile = config.get_profile("smoke", optimizer="sgd", ret_lr=0.1, pairs_per_category=32, ret_epochs=8,
-                                 ret_lr_step=100, ret_patience=None, **SMALL_CNN)
+                                 ret_lr_step=100, ret_patience=None, tuned=None, **SMALL_CNN)
     run = runs.train_retrieval(release, "single", "random", profile, cache=False, progress=False, device="cpu")
     by_epoch = run.history.groupby("epoch")["loss"].mean()
     assert by_epoch.iloc[-1] < by_epoch.iloc[0]
@@ -348,3 +348,17 @@ def test_imagenet_init_of_the_small_backbone_fails_before_any_work(smoke_release
         runs.train_classifier(smoke_release, small, cache=False, progress=False)
     with pytest.raises(ValueError, match="frozen trunk"):
         retrieval(smoke_release, init="random", profile=QUICK)
+
+
+def test_default_settings_are_the_tuned_ones_of_the_runs_schedule():
+    tuned = config.get_profile("smoke", tuned={
+        "one-stage": {"double": {"lr": 2e-4, "pos_margin": 0.1, "neg_margin": 0.9}},
+        "two-stage": {"triplet": {"lr": 5e-4, "margin": 0.3}}})
+    assert runs.default_settings(tuned, "double", "imagenet") == {
+        "lr": 2e-4, "margins": {"pos_margin": 0.1, "neg_margin": 0.9}}
+    assert runs.default_settings(tuned, "triplet", "cache/runs/classifier-abc") == {"lr": 5e-4, "margins": {"margin": 0.3}}
+    # not tuned for that loss and schedule: the profile's own learning rate and margins
+    assert runs.default_settings(tuned, "double", "cache/runs/classifier-abc") == {
+        "lr": tuned.ret_lr, "margins": {"pos_margin": tuned.pos_margin, "neg_margin": tuned.neg_margin}}
+    assert runs.default_settings(SMOKE, "single", "random") == {"lr": SMOKE.ret_lr,
+                                                              "margins": {"margin": SMOKE.single_margin}}
