@@ -153,12 +153,17 @@ def compute_matched_epochs(release, profile: config.Profile) -> int:
 
 # --------------------------------------------------------------------------- tuning
 
+def _trial_outcome(run: runs.Run) -> dict:
+    """What a tuning trial records of its run besides the curve: the kept epoch and score, the key, the time."""
+    return {"best epoch": run.best_epoch, "best score": run.best_score, "key": run.key,
+            "train s": round(run.wall_time, 1)}
+
+
 def _stage1_trainer(release, profile: config.Profile, seed: int) -> Callable:
     def train(settings: dict, report_epoch: Callable) -> dict:
         run = runs.train_classifier(release, replace(profile, cls_lr=settings["lr"]), seed=seed, progress=False,
                                     on_epoch_end=lambda row: report_epoch(row["epoch"], row["val_accuracy"]))
-        return {"best epoch": run.best_epoch, "best score": run.best_score, "key": run.key,
-                "train s": round(run.wall_time, 1)}
+        return _trial_outcome(run)
     return train
 
 
@@ -170,8 +175,7 @@ def _retrieval_trainer(release, loss: str, init, profile: config.Profile, seed: 
         run = runs.train_retrieval(release, loss, init, profile, seed=seed, lr=settings["lr"], margins=margins,
                                    progress=False,
                                    on_epoch_end=lambda row: report_epoch(row["epoch"], row["val_mAP"]))
-        return {"best epoch": run.best_epoch, "best score": run.best_score, "key": run.key,
-                "train s": round(run.wall_time, 1)}
+        return _trial_outcome(run)
     return train
 
 
