@@ -34,52 +34,131 @@ def imbalance_summary(history: pd.DataFrame, fraction: float = 0.25) -> dict:
     """Share of the loss from positive pairs early and late in training, and the active fractions late.
 
     ``history`` is a pair-loss run's per-iteration history (``pos_loss``,
-    ``neg_loss``, ``pos_active_frac``, ``neg_active_frac``); ``fraction`` is
+    ``neg_loss``, ``pos_active_frac``, ``neg_active_frac``, and where it has
+    them ``pos_grad`` and ``neg_grad``, which add the positive share of the
+    gradient); ``fraction`` is
     the part of the iterations counted as "first" and "last". The shares are
     :func:`positive_share` of the losses summed over those iterations.
     """
     n = max(1, int(round(len(history) * fraction)))
     first, last = history.iloc[:n], history.iloc[-n:]
     shares = [positive_share(h["pos_loss"].sum(), h["neg_loss"].sum()) for h in (first, last)]
-    return {"positive share of the loss, first quarter": shares[0],
-            "positive share of the loss, last quarter": shares[1],
-            "active positive pairs, last quarter": float(last["pos_active_frac"].mean()),
+    summary = {"positive share of the loss, first quarter": shares[0],
+               "positive share of the loss, last quarter": shares[1]}
+    if {"pos_grad", "neg_grad"} <= set(history.columns):
+        summary.update({f"positive share of the gradient, {when} quarter":
+                        positive_share(h["pos_grad"].sum(), h["neg_grad"].sum())
+                        for when, h in (("first", first), ("last", last))})
+    return {**summary, "active positive pairs, last quarter": float(last["pos_active_frac"].mean()),
             "active negative pairs, last quarter": float(last["neg_active_frac"].mean())}
+
+
+def pair_gradient_norms(per_pair: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+    """How hard each pair pulls on its two embeddings: the norm of the gradient of its term w.r.t. ``e1`` and ``e2``.
+
+    Pair ``k``'s term depends on row ``k`` of ``e1`` and ``e2`` only, so one
+    backward pass of their sum gives every pair's gradient; the graph is kept
+    for a training step's own backward. A pair with a zero term pulls with 0.
+    For the contrastive losses (½·hinge²) it is sqrt(2)·|dL/dd|: d moves
+    with ``e1`` and ``e2`` along opposite unit vectors.
+    """
+    g1, g2 = torch.autograd.grad(per_pair.sum(), (e1, e2), retain_graph=True)
+    return torch.sqrt((g1 ** 2).sum(dim=1) + (g2 ** 2).sum(dim=1)).detach()
+
+
+def pair_shares(embeddings, labels, loss, margins: dict, pairs_per_category: int = 16,
+                seed: int = config.DEFAULT_SEED) -> dict:
+    """What one epoch's pairs ask of a set of embeddings: the positive share of their loss and of their pull.
+
+    ``embeddings`` (N, dim) of images with ``labels``; the pairs are those
+    :class:`helpers.data.PairSampler` draws for an epoch (half positive,
+    seeded), scored with the pair loss ``loss`` at ``margins``. Returns the
+    positive share of the summed loss and of the summed gradient norms
+    (:func:`pair_gradient_norms`), and the fractions of positive and of
+    negative pairs with a non-zero loss. A trained network's embeddings
+    give what the optimiser would see if training went on; the untrained
+    network's, what it saw at the start.
+    """
+    from . import data
+
+    method = methods.get(loss)
+    if not method.is_pair_loss:
+        raise ValueError(f"{method.name} is not a pair loss: it has no positive and negative pairs")
+    i, j, y = data.PairSampler(np.asarray(labels), pairs_per_category, 1, seed).pairs(0)
+    emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+    e1, e2 = emb[i].clone().requires_grad_(), emb[j].clone().requires_grad_()
+    positive = torch.as_tensor(y).bool()
+    per_pair = method.loss(e1, e2, positive.double(), reduction="none", **margins)
+    pull = pair_gradient_norms(per_pair, e1, e2)
+    terms = per_pair.detach()
+    return {"positive share of the loss": positive_share(float(terms[positive].sum()), float(terms[~positive].sum())),
+            "positive share of the gradient": positive_share(float(pull[positive].sum()), float(pull[~positive].sum())),
+            "active positive pairs": float((terms[positive] > 0).double().mean()),
+            "active negative pairs": float((terms[~positive] > 0).double().mean())}
 
 
 @dataclass
 class ToyResult:
-    """Outcome of :func:`toy_embedding_experiment`: final unit vectors, labels and all pair distances."""
+    """Outcome of :func:`toy_embedding_experiment`: final unit vectors, labels, all pair distances, and per-step records.
+
+    ``steps`` has one row per step: the loss, the positive share of the loss
+    and of the gradient (:func:`positive_share` of the pairs' losses and of
+    their gradient norms, :func:`pair_gradient_norms`), and the
+    fractions of positive and of negative pairs with a non-zero loss (NaN for
+    the triplet loss, which has no separate parts).
+    """
 
     embeddings: np.ndarray
     labels: np.ndarray
     pair_distances: np.ndarray
     pair_labels: np.ndarray
-    losses: np.ndarray
+    steps: pd.DataFrame
+
+    @property
+    def losses(self) -> np.ndarray:
+        return self.steps["loss"].to_numpy()
 
 
-def _toy_loss(method: methods.Method, emb: torch.Tensor, labels: torch.Tensor, margins: dict) -> torch.Tensor:
-    """Balanced loss over all pairs (half weight positives, half negatives) or all valid triplets."""
+def _toy_loss(method: methods.Method, emb: torch.Tensor, labels: torch.Tensor, margins: dict) -> tuple:
+    """Balanced loss over all pairs (half weight positives, half negatives) or all valid triplets, and its record.
+
+    The record holds the positive shares of the loss and of the gradient
+    and the active fractions, each part weighted as in the loss.
+    """
+    nan = float("nan")
     if not method.is_pair_loss:
         same = labels[:, None] == labels[None, :]
         a, p, n = torch.nonzero(same[:, :, None] & ~same[:, None, :]
                                 & ~torch.eye(len(labels), dtype=torch.bool)[:, :, None], as_tuple=True)
-        return method.loss(emb[a], emb[p], emb[n], **margins)
+        return method.loss(emb[a], emb[p], emb[n], **margins), {
+            "positive share": nan, "positive gradient share": nan, "active positives": nan, "active negatives": nan}
     i, j = torch.triu_indices(len(labels), len(labels), 1)
-    y = (labels[i] == labels[j]).float()
-    per_pair = method.loss(emb[i], emb[j], y, reduction="none", **margins)
-    return 0.5 * per_pair[y == 1].mean() + 0.5 * per_pair[y == 0].mean()
+    e1, e2 = emb[i], emb[j]
+    y = labels[i] == labels[j]
+    per_pair = method.loss(e1, e2, y.float(), reduction="none", **margins)
+    weight = torch.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())  # each kind of pair carries half the loss
+    pull = pair_gradient_norms(per_pair, e1, e2) * weight
+    weighted = per_pair.detach() * weight
+    record = {"positive share": positive_share(float(weighted[y].sum()), float(weighted[~y].sum())),
+              "positive gradient share": positive_share(float(pull[y].sum()), float(pull[~y].sum())),
+              "active positives": float((per_pair[y] > 0).float().mean()),
+              "active negatives": float((per_pair[~y] > 0).float().mean())}
+    return (per_pair * weight).sum(), record
 
 
 def toy_embedding_experiment(loss, margins: dict, n_classes: int = 4, per_class: int = 20, steps: int = 300,
-                             lr: float = 0.5, dim: int = 2, seed: int = config.DEFAULT_SEED) -> ToyResult:
-    """Move free unit vectors with one loss and return where they end up.
+                             lr: float = 0.5, dim: int = 2, nonnegative: bool = False,
+                             seed: int = config.DEFAULT_SEED) -> ToyResult:
+    """Move free unit vectors with one loss and return where they end up, with a record of every step.
 
     Each point is a learnable vector, L2-normalised onto the unit circle
-    (``dim=2``); every step uses all pairs (positives and negatives weighted
-    equally, as the paper's balanced pairs) or all triplets. ``loss`` names a
-    method of :data:`helpers.methods.METHODS` and ``margins`` holds all its
-    keyword margins, e.g. ``method.margins(profile)``.
+    (``dim=2``); with ``nonnegative`` its coordinates are made non-negative
+    first (absolute values), as ReLU6 and MAC pooling make a network's
+    embedding, so the points live on a quarter of the circle and no two are
+    more than sqrt(2) apart. Every step uses all pairs (positives and
+    negatives weighted equally, as the paper's balanced pairs) or all
+    triplets. ``loss`` names a method of :data:`helpers.methods.METHODS` and
+    ``margins`` holds all its keyword margins, e.g. ``method.margins(profile)``.
     """
     method = methods.get(loss)
     if sorted(margins) != sorted(method.margin_fields):
@@ -88,15 +167,16 @@ def toy_embedding_experiment(loss, margins: dict, n_classes: int = 4, per_class:
     raw = torch.randn(n_classes * per_class, dim, generator=generator, dtype=torch.float64).requires_grad_()
     labels = torch.arange(n_classes).repeat_interleave(per_class)
     optimizer = torch.optim.SGD([raw], lr=lr)
-    history = []
+    embed = (lambda r: F.normalize(r.abs(), dim=1)) if nonnegative else (lambda r: F.normalize(r, dim=1))  # noqa: E731
+    records = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss_value = _toy_loss(method, F.normalize(raw, dim=1), labels, margins)
+        loss_value, record = _toy_loss(method, embed(raw), labels, margins)
         loss_value.backward()
         optimizer.step()
-        history.append(float(loss_value.detach()))
-    emb = F.normalize(raw.detach(), dim=1)
+        records.append({"step": len(records) + 1, "loss": float(loss_value.detach()), **record})
+    emb = embed(raw.detach())
     i, j = torch.triu_indices(len(labels), len(labels), 1)
     return ToyResult(embeddings=emb.numpy(), labels=labels.numpy(),
                      pair_distances=(emb[i] - emb[j]).norm(dim=1).numpy(),
-                     pair_labels=(labels[i] == labels[j]).numpy().astype(int), losses=np.array(history))
+                     pair_labels=(labels[i] == labels[j]).numpy().astype(int), steps=pd.DataFrame(records))

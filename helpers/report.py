@@ -11,7 +11,9 @@ and show them:
 * :func:`claims` and :func:`claim_sentence`: each of the paper's claims
   (:data:`CLAIMS`) as a **paired** difference over seeds, its verdict, and a
   bootstrap interval over test categories;
-* :func:`tolerance`: how far a committed number may move on another machine;
+* :func:`tolerance`: how far a committed number may move on another machine,
+  and :func:`rerun_verdicts`: which verdicts a rerun changed, and whether
+  they were firm;
   :func:`kept_last_share` and :func:`validation_noise`: whether the epoch
   budget reaches a plateau and how noisy validation is;
 * :func:`committed_rows`: one seed's rows, to show a run without retraining it;
@@ -157,6 +159,11 @@ def claims(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)",
     """Each claim of :data:`CLAIMS` as a paired difference over seeds, with its interval and verdict.
 
     The verdict reads the **seed** interval (paired t over training seeds).
+    ``tolerance`` is how far the paired difference may move when every seed
+    is rerun on another machine (:func:`helpers.stats.rerun_tolerance`,
+    :data:`TOLERANCE_SIGMAS` standard deviations), and ``firmness`` says
+    whether the verdict survives such a move (:func:`helpers.stats.firmness`:
+    firm, fragile or open).
     With ``per_query`` (the per-query test APs, trapezoid) each claim also
     gets ``boot low``/``boot high``: the bootstrap interval over test
     categories of the per-query AP difference averaged over seeds
@@ -167,17 +174,38 @@ def claims(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)",
     rows = []
     for claim, a, b in CLAIMS:
         difference = stats.paired_difference(by_model[a], by_model[b])
+        allowed = stats.rerun_tolerance(by_model[a] - by_model[b], TOLERANCE_SIGMAS)
         row = {"claim": claim, "a": a, "b": b, "mean a": float(by_model[a].mean()),
                "mean b": float(by_model[b].mean()), "difference": difference["mean"],
                "ci": difference["ci"], "low": difference["low"], "high": difference["high"],
                "seeds a wins": f"{difference['wins']}/{difference['n']}", "p": difference["p"],
-               "verdict": stats.verdict(difference)}
+               "verdict": stats.verdict(difference), "tolerance": allowed,
+               "firmness": stats.firmness(difference, allowed)}
         if per_query is not None:
             gap = _mean_over_seeds_per_query(per_query, a) - _mean_over_seeds_per_query(per_query, b)
             boot = stats.bootstrap_ci(gap.to_numpy(), gap.index.get_level_values("category"))
             row.update({"boot low": boot["low"], "boot high": boot["high"]})
         rows.append(row)
     return pd.DataFrame(rows).set_index("claim")
+
+
+def rerun_verdicts(comparison: pd.DataFrame, rerun: pd.DataFrame, metric: str = "mAP (trapezoid)") -> pd.DataFrame:
+    """The claims' verdicts with some runs trained again (``rerun``: ``model``, ``seed``, ``metric``) in place of theirs.
+
+    One row per claim: the committed verdict and its ``firmness``, the
+    verdict with the rerun rows, whether it is the same, and whether the
+    change (if any) is allowed: only a **firm** verdict must survive a rerun
+    (:func:`helpers.stats.firmness`).
+    """
+    key = ["model", "seed"]
+    replaced = comparison.set_index(key)
+    replaced.loc[rerun.set_index(key).index, metric] = rerun.set_index(key)[metric]
+    before, after = claims(comparison, metric), claims(replaced.reset_index(), metric)
+    out = pd.DataFrame({"committed": before["verdict"], "firmness": before["firmness"],
+                        "with the rerun": after["verdict"]})
+    out["same"] = out["committed"] == out["with the rerun"]
+    out["allowed"] = out["same"] | (out["firmness"] != "firm")
+    return out
 
 
 def seed_spread(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)") -> float:
@@ -278,7 +306,18 @@ def claim_sentence(claim: str, row: pd.Series, metric: str = "mAP (trapezoid)") 
     return (f"* *{claim}* {reading}. {metric}: {row['a']} {row['mean a']:.3f} against {row['b']} "
             f"{row['mean b']:.3f}, paired difference {row['difference']:+.3f}, 95% interval over seeds {interval}"
             + (f" (over test categories [{row['boot low']:+.3f}, {row['boot high']:+.3f}])" if "boot low" in row
-               else "") + f"; {row['a']} ahead in {row['seeds a wins']} seeds.")
+               else "") + f"; {row['a']} ahead in {row['seeds a wins']} seeds." + firmness_note(row))
+
+
+def firmness_note(row: pd.Series) -> str:
+    """What a claim's ``firmness`` (:func:`claims`) means for a rerun on another machine, or "" without one."""
+    if "firmness" not in row:
+        return ""
+    tolerance = f"the difference's tolerance ±{row['tolerance']:.3f}"
+    return {"firm": f" Firm: the interval clears zero by more than {tolerance}, so a rerun elsewhere reads the same.",
+            "fragile": f" Fragile: the interval clears zero by less than {tolerance}; a rerun on another machine "
+                       "may read it as not resolved.",
+            "open": " Open: a rerun on another machine, or more seeds, may resolve it either way."}[row["firmness"]]
 
 
 def stamp_note(stamp: pd.DataFrame, code_version: str) -> str:

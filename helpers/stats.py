@@ -59,6 +59,41 @@ def verdict(difference: dict) -> str:
     return "not resolved"
 
 
+def rerun_tolerance(differences, sigmas: float = 3) -> float:
+    """How far the mean of paired ``differences`` may move when every seed is run again elsewhere.
+
+    A rerun on another processor (other rounding, so another training path)
+    draws a new set of per-seed differences, much as new seeds would: two
+    such means differ by about ``sqrt(2) * s / sqrt(n)`` (``s`` the sample
+    standard deviation of the differences). The tolerance is ``sigmas``
+    times that; NaN with fewer than two differences.
+    """
+    differences = np.asarray(differences, dtype=np.float64)
+    if differences.size < 2:
+        return float("nan")
+    return float(sigmas * np.sqrt(2) * differences.std(ddof=1) / np.sqrt(differences.size))
+
+
+FIRMNESS = ("firm", "fragile", "open")
+
+
+def firmness(difference: dict, tolerance: float) -> str:
+    """Whether a verdict (:func:`verdict`) would survive a rerun that moves the difference by up to ``tolerance``.
+
+    * ``"firm"``: the interval clears zero by more than ``tolerance``, so a
+      rerun elsewhere reads the same verdict;
+    * ``"fragile"``: it clears zero, but by less than ``tolerance``: a rerun
+      may read "not resolved";
+    * ``"open"``: the interval contains zero; a rerun, or more seeds, may
+      resolve the claim either way.
+    """
+    if difference["low"] > 0:
+        return "firm" if difference["low"] > tolerance else "fragile"
+    if difference["high"] < 0:
+        return "firm" if difference["high"] < -tolerance else "fragile"
+    return "open"
+
+
 def bootstrap_ci(values, clusters, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
     """``{"mean", "low", "high"}``: the mean of ``values`` and its percentile bootstrap interval over ``clusters``.
 

@@ -5,8 +5,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from helpers import config, loss_analysis, methods, plots
+from helpers import config, data, loss_analysis, methods, plots
 
 
 def _history() -> pd.DataFrame:
@@ -36,6 +37,15 @@ def test_imbalance_summary_by_hand():
     assert half["positive share of the loss, last quarter"] == pytest.approx(2 / 12)
 
 
+def test_imbalance_summary_adds_the_gradient_share_where_the_history_has_it():
+    history = _history().assign(pos_grad=[2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0],
+                                neg_grad=[2.0, 2.0, 1.0, 1.0, 3.0, 3.0, 1.5, 0.0])
+    summary = loss_analysis.imbalance_summary(history)
+    assert summary["positive share of the gradient, first quarter"] == pytest.approx(4 / 8)
+    assert summary["positive share of the gradient, last quarter"] == pytest.approx(0.5 / 2)
+    assert summary["positive share of the loss, first quarter"] == 6 / 8  # the loss shares are unchanged
+
+
 def test_loss_share_plot_draws_the_positive_share_of_a_rolling_window():
     history = _history()
     fig = plots.loss_share_plot(history, window=2)
@@ -57,3 +67,65 @@ def test_toy_experiment_takes_every_margin_of_its_loss():
     assert not np.allclose(wider.losses, result.losses)  # the margins are used
     with pytest.raises(ValueError, match=r"takes the margins \['pos_margin', 'neg_margin'\]"):
         loss_analysis.toy_embedding_experiment("double", {"pos_margin": 0.4}, steps=1)
+
+
+def test_toy_experiment_records_the_shares_of_every_step_by_hand():
+    # two classes of two points: pairs (0,1) and (2,3) positive, the four others negative
+    result = loss_analysis.toy_embedding_experiment("single", {"margin": 1.2}, n_classes=2, per_class=2, steps=1, lr=0.0)
+    first = result.steps.iloc[0]
+    emb = torch.nn.functional.normalize(torch.randn(4, 2, generator=torch.Generator().manual_seed(0),
+                                                    dtype=torch.float64), dim=1)
+    d = {(a, b): float((emb[a] - emb[b]).norm()) for a in range(4) for b in range(a + 1, 4)}
+    positives, negatives = [(0, 1), (2, 3)], [(0, 2), (0, 3), (1, 2), (1, 3)]
+    pos = np.mean([0.5 * d[p] ** 2 for p in positives]) / 2                 # each kind carries half the loss
+    neg = np.mean([0.5 * max(0.0, 1.2 - d[p]) ** 2 for p in negatives]) / 2
+    assert first["loss"] == pytest.approx(pos + neg)
+    assert first["positive share"] == pytest.approx(pos / (pos + neg))
+    # a pair's pull on its two points is sqrt(2) |dL/dd|: d for a positive, (m - d)+ for a negative
+    pull_pos = np.mean([np.sqrt(2) * d[p] for p in positives]) / 2
+    pull_neg = np.mean([np.sqrt(2) * max(0.0, 1.2 - d[p]) for p in negatives]) / 2
+    assert first["positive gradient share"] == pytest.approx(pull_pos / (pull_pos + pull_neg))
+    assert first["active negatives"] == pytest.approx(np.mean([d[p] < 1.2 for p in negatives]))
+    assert first["active positives"] == 1.0
+
+
+def test_non_negative_toy_points_stay_within_the_square_root_of_two():
+    result = loss_analysis.toy_embedding_experiment("single", {"margin": 1.35}, n_classes=3, per_class=5, steps=30,
+                                                    nonnegative=True)
+    assert (result.embeddings >= 0).all() and result.pair_distances.max() <= np.sqrt(2) + 1e-12
+    free = loss_analysis.toy_embedding_experiment("single", {"margin": 1.35}, n_classes=3, per_class=5, steps=30)
+    assert free.pair_distances.max() > np.sqrt(2)                      # on the whole circle they can go farther
+    triplet = loss_analysis.toy_embedding_experiment("triplet", {"margin": 0.4}, n_classes=2, per_class=3, steps=2)
+    assert triplet.steps["positive share"].isna().all() and (triplet.steps["loss"] >= 0).all()
+
+
+def test_pair_gradient_norms_are_sqrt2_times_the_hinge_for_the_contrastive_loss():
+    generator = torch.Generator().manual_seed(0)
+    e1 = torch.nn.functional.normalize(torch.rand(6, 4, generator=generator), dim=1).requires_grad_()
+    e2 = torch.nn.functional.normalize(torch.rand(6, 4, generator=generator), dim=1).requires_grad_()
+    y = torch.tensor([1.0, 0, 1, 0, 1, 0])
+    per_pair = methods.get("double").loss(e1, e2, y, reduction="none", pos_margin=0.1, neg_margin=1.2)
+    d = (e1 - e2).norm(dim=1).detach()
+    hinge = torch.where(y.bool(), torch.clamp(d - 0.1, min=0), torch.clamp(1.2 - d, min=0))
+    torch.testing.assert_close(loss_analysis.pair_gradient_norms(per_pair, e1, e2), np.sqrt(2) * hinge,
+                               rtol=1e-4, atol=1e-6)
+    per_pair.mean().backward()                              # the graph is still there for a training step
+    assert e1.grad is not None
+
+
+def test_pair_shares_by_hand_on_four_points():
+    # two categories of two points on the axes: positives at distance 0.1, negatives at sqrt(2) or so
+    labels = np.array([0, 0, 1, 1])
+    embeddings = np.array([[1.0, 0.0], [0.995, 0.0998749], [0.0, 1.0], [0.0998749, 0.995]])
+    shares = loss_analysis.pair_shares(embeddings, labels, "single", {"margin": 1.5}, pairs_per_category=4, seed=0)
+    i, j, y = data.PairSampler(labels, 4, 1, 0).pairs(0)
+    d = np.linalg.norm(embeddings[i] - embeddings[j], axis=1)
+    pos, neg = y.astype(bool), ~y.astype(bool)
+    loss = np.where(pos, 0.5 * d ** 2, 0.5 * np.clip(1.5 - d, 0, None) ** 2)
+    pull = np.sqrt(2) * np.where(pos, d, np.clip(1.5 - d, 0, None))
+    assert shares["positive share of the loss"] == pytest.approx(loss[pos].sum() / loss.sum())
+    assert shares["positive share of the gradient"] == pytest.approx(pull[pos].sum() / pull.sum(), rel=1e-6)
+    assert shares["active negative pairs"] == pytest.approx(np.mean(d[neg] < 1.5)) == 1.0
+    assert 0 < shares["positive share of the gradient"] < 1
+    with pytest.raises(ValueError, match="not a pair loss"):
+        loss_analysis.pair_shares(embeddings, labels, "triplet", {"margin": 0.4})

@@ -148,6 +148,14 @@ def test_images_per_retrieval_epoch_by_hand():
                                                "triplet") == 20 * 3 * 3  # 30 pairs = 60 images = 20 triplets
 
 
+def test_the_compute_matched_run_decays_its_learning_rate_at_the_same_fraction_of_its_budget():
+    tutorial = replace(config.PROFILES["tutorial"], ret_epochs=12, ret_lr_step=8)   # 12 epochs, x 0.1 after 8
+    stretched = protocol.compute_matched_profile(tutorial, 19)
+    assert (stretched.ret_epochs, stretched.ret_lr_step) == (19, 13)          # 19 x 8 / 12 = 12.7
+    assert stretched == replace(tutorial, ret_epochs=19, ret_lr_step=13)
+    assert protocol.compute_matched_profile(replace(tutorial, ret_lr_step=1), 3).ret_lr_step == 1   # never 0
+
+
 def test_compute_matched_epochs_by_hand():
     release = _release()
     # stage 1: 2 epochs x 50 images; two-stage retrieval: 2 epochs x 64 images; 228 images at 64 an epoch: 3.56 -> 4
@@ -266,8 +274,8 @@ def test_seed_jobs_rows_hold_the_runs_settings_images_and_test_metrics(fake_runs
     assert [(c.loss, c.init) for c in one_stage] == [("single", "imagenet"), ("double", "imagenet"),
                                                      ("triplet", "imagenet")]
     assert all(c.lr is None and c.margins is None and c.profile is SMOKE for c in one_stage + two_stage)
-    # the compute-matched run: (2 x 50 + 2 x 64) / 64 = 3.56 -> 4 epochs, lr step 4 (no decay, as the others with
-    # ret_lr_step = ret_epochs), at the default settings of a one-stage double margin run
+    # the compute-matched run: (2 x 50 + 2 x 64) / 64 = 3.56 -> 4 epochs, lr step 4 x 2 / 2 = 4 (no decay, as the
+    # others with ret_lr_step = ret_epochs), at the default settings of a one-stage double margin run
     matched = fake_runs.retrieval[6]
     assert (matched.loss, matched.init, matched.lr, matched.margins) == (
         "double", "imagenet", 0.0042, {"pos_margin": 0.3, "neg_margin": 0.9})

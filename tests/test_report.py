@@ -68,6 +68,25 @@ def test_claims_are_paired_differences_with_verdicts():
     assert matched["mean a"] == pytest.approx(np.mean([0.52, 0.57, 0.54]))
     assert claims.loc["two-stage double margin beats two-stage triplet", "verdict"] == "reversed"
     assert claims.loc["two-stage double margin beats two-stage triplet", "seeds a wins"] == "0/3"
+    # differences without spread move nowhere on a rerun: every resolved verdict is firm
+    assert matched["tolerance"] == pytest.approx(0.0, abs=1e-9) and matched["firmness"] == "firm"
+
+
+def test_a_claim_whose_interval_clears_zero_by_less_than_its_tolerance_is_fragile():
+    comparison = _comparison()
+    values = {0: 0.43, 1: 0.47, 2: 0.45}            # double, one-stage against single 0.40, 0.45, 0.42
+    for seed, value in values.items():
+        comparison.loc[(comparison["model"] == "double, one-stage") & (comparison["seed"] == seed),
+                       "mAP (trapezoid)"] = value
+    row = report.claims(comparison).loc["double margin beats single margin (one-stage)"]
+    differences = np.array([0.03, 0.02, 0.03])
+    tolerance = 3 * math.sqrt(2) * differences.std(ddof=1) / math.sqrt(3)
+    low = differences.mean() - T_975_DF2 * differences.std(ddof=1) / math.sqrt(3)
+    assert row["tolerance"] == pytest.approx(tolerance) and row["low"] == pytest.approx(low)
+    assert row["verdict"] == "holds" and 0 < low < tolerance and row["firmness"] == "fragile"
+    sentence = report.claim_sentence("c", row)
+    assert sentence.endswith(f"Fragile: the interval clears zero by less than the difference's tolerance "
+                             f"±{tolerance:.3f}; a rerun on another machine may read it as not resolved.")
 
 
 def test_a_claim_with_seed_noise_by_hand():
@@ -142,7 +161,7 @@ def test_claim_sentence_of_a_claims_row():
     row = claims.loc[claim]
     assert sentence.startswith(f"* *{claim}* **holds**")
     assert f"(over test categories [{row['boot low']:+.3f}, {row['boot high']:+.3f}])" in sentence
-    assert "paired difference +0.110" in sentence and sentence.endswith("ahead in 3/3 seeds.")
+    assert "paired difference +0.110" in sentence and "ahead in 3/3 seeds. Firm: the interval clears zero" in sentence
 
 
 # --------------------------------------------------------------------------- spreads and tolerances
@@ -305,3 +324,19 @@ def test_previous_comparison_and_verdict_changes(tmp_path):
     changes = report.verdict_changes(before, after)
     assert changes["changed"].tolist() == [False, True] and changes["seeds before"].tolist() == [3, 3]
     assert changes.loc["y", ["verdict before", "verdict now"]].tolist() == ["not resolved", "reversed"]
+
+
+def test_rerun_verdicts_replace_the_rerun_rows_and_allow_only_non_firm_changes():
+    comparison = _comparison()
+    # seed 0's double, one-stage goes from 0.41 (ahead of single by 0.01 on every seed) to 0.38: behind on seed 0
+    rerun = pd.DataFrame({"model": ["double, one-stage"], "seed": [0], "mAP (trapezoid)": [0.38]})
+    table = report.rerun_verdicts(comparison, rerun)
+    claim = "double margin beats single margin (one-stage)"
+    assert table.loc[claim, "committed"] == "holds" and table.loc[claim, "firmness"] == "firm"
+    assert table.loc[claim, "with the rerun"] == "not resolved" and not table.loc[claim, "same"]
+    assert not table.loc[claim, "allowed"]                              # a firm verdict may not change
+    others = table.drop(index=claim)
+    assert others["same"].all() and others["allowed"].all()
+    # the comparison itself is left as it was
+    assert comparison.loc[(comparison.model == "double, one-stage") & (comparison.seed == 0),
+                          "mAP (trapezoid)"].item() == pytest.approx(0.41)

@@ -66,3 +66,24 @@ def test_verdicts_and_pairing():
     assert stats.mean_ci(shared + 0.02)["low"] < stats.mean_ci(shared)["high"]
     with pytest.raises(ValueError, match="one value per seed"):
         stats.paired_difference([1, 2], [1, 2, 3])
+
+
+def test_rerun_tolerance_by_hand():
+    differences = [0.10, 0.09, 0.09]
+    sd = math.sqrt(sum((d - 0.28 / 3) ** 2 for d in differences) / 2)
+    assert stats.rerun_tolerance(differences) == pytest.approx(3 * math.sqrt(2) * sd / math.sqrt(3))
+    assert stats.rerun_tolerance(differences, sigmas=1) == pytest.approx(math.sqrt(2) * sd / math.sqrt(3))
+    assert np.isnan(stats.rerun_tolerance([0.1]))
+
+
+def test_firmness_reads_how_far_the_interval_clears_zero():
+    holds = {"low": 0.02, "high": 0.05}
+    assert stats.firmness(holds, 0.01) == "firm" and stats.firmness(holds, 0.03) == "fragile"
+    reversed_ = {"low": -0.05, "high": -0.02}
+    assert stats.firmness(reversed_, 0.01) == "firm" and stats.firmness(reversed_, 0.02) == "fragile"
+    assert stats.firmness({"low": -0.01, "high": 0.04}, 0.0) == "open"
+    # the same interval, a verdict of each kind: firmness follows the verdict's side
+    for low, high in [(0.02, 0.05), (-0.05, -0.02), (-0.01, 0.04)]:
+        verdict = stats.verdict({"low": low, "high": high})
+        kind = stats.firmness({"low": low, "high": high}, 0.015)
+        assert (verdict == "not resolved") == (kind == "open")

@@ -1,4 +1,4 @@
-"""Saving an executed notebook as a reader sees it: every progress bar in its final state.
+"""Saving an executed notebook as a reader sees it: every progress bar in its final state, figures kept small.
 
 Usage: ``python -m helpers.machinery.finish notebooks/*.ipynb`` (``make run`` does it after executing them).
 
@@ -6,10 +6,14 @@ Text progress bars (:mod:`helpers.progress`) redraw their line with ``\\r``,
 and a headless run saves every redraw. :func:`finalize` joins each cell's
 consecutive stream outputs (nbconvert's ``CoalesceStreamsPreprocessor``) and
 keeps the final state of every line (:func:`collapse_carriage_returns`), as
-Jupyter shows it.
+Jupyter shows it. Figures are drawn at twice the screen resolution
+(:func:`helpers.plots.set_style`); a large one is stored with a palette of
+256 colours (:func:`shrink_png`), which keeps a notebook near 1 MB.
 """
 from __future__ import annotations
 
+import base64
+import io
 import re
 import sys
 
@@ -70,10 +74,48 @@ def _finish_cell(cell, index: int) -> int:
     return changed
 
 
+SHRINK_ABOVE = 100_000
+"""Figures whose base64 PNG is larger than this many characters are stored with a 256-colour palette."""
+
+
+def shrink_png(encoded: str) -> str:
+    """A base64 PNG re-encoded with an adaptive palette of 256 colours, when that is smaller; else ``encoded``.
+
+    Charts hold few colours and lose nothing visible; photographs in a
+    gallery are dithered. The pixel size is kept, so a figure drawn at 2x
+    stays sharp.
+    """
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+    rgba = image.convert("RGBA")
+    method = Image.Quantize.FASTOCTREE
+    paletted = rgba.quantize(colors=256, method=method) if rgba.getextrema()[3][0] < 255 else \
+        rgba.convert("RGB").quantize(colors=256, method=method)
+    buffer = io.BytesIO()
+    paletted.save(buffer, format="PNG", optimize=True)
+    smaller = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return smaller if len(smaller) < len(encoded) else encoded
+
+
+def _shrink_cell(cell) -> int:
+    """Shrink the cell's large PNG figures (:func:`shrink_png`); returns how many changed."""
+    changed = 0
+    for output in cell.outputs:
+        encoded = output.get("data", {}).get("image/png")
+        if isinstance(encoded, str) and len(encoded) > SHRINK_ABOVE:
+            smaller = shrink_png(encoded.replace("\n", ""))
+            if smaller != encoded:
+                output["data"]["image/png"] = smaller
+                changed += 1
+    return changed
+
+
 def finalize(path) -> int:
-    """Keep the final state of every progress bar in a saved notebook; returns the outputs changed (0: untouched)."""
+    """Keep the final state of every progress bar and shrink the large figures; returns the outputs changed."""
     book = nbformat.read(path, as_version=4)
-    changed = sum(_finish_cell(cell, index) for index, cell in enumerate(book.cells) if cell.cell_type == "code")
+    changed = sum(_finish_cell(cell, index) + _shrink_cell(cell)
+                  for index, cell in enumerate(book.cells) if cell.cell_type == "code")
     if changed:
         nbformat.write(book, path)
     return changed
@@ -81,4 +123,4 @@ def finalize(path) -> int:
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:
-        print(f"{name}: {finalize(name)} output(s) with redrawn lines collapsed")
+        print(f"{name}: {finalize(name)} output(s) with redrawn lines collapsed or figures shrunk")

@@ -151,6 +151,17 @@ def compute_matched_epochs(release, profile: config.Profile) -> int:
     return max(1, math.ceil(total / per_epoch))
 
 
+def compute_matched_profile(profile: config.Profile, epochs: int) -> config.Profile:
+    """``profile`` stretched to ``epochs`` retrieval epochs, its learning-rate step stretched in proportion.
+
+    The compute-matched run decays its learning rate at the same fraction of
+    its budget as the runs it is compared with (after 8 of 12 epochs, say,
+    becomes after 13 of 19).
+    """
+    step = max(1, round(epochs * profile.ret_lr_step / profile.ret_epochs))
+    return replace(profile, ret_epochs=epochs, ret_lr_step=step)
+
+
 # --------------------------------------------------------------------------- tuning
 
 def _trial_outcome(run: runs.Run) -> dict:
@@ -263,9 +274,8 @@ def seed_jobs(release, seed: int, profile: config.Profile) -> list[tuple[str, Ca
     def matched():
         epochs = compute_matched_epochs(release, profile)
         settings = runs.default_settings(profile, "double", "imagenet")
-        run = runs.train_retrieval(release, "double", "imagenet",
-                                   replace(profile, ret_epochs=epochs, ret_lr_step=epochs), seed=seed,
-                                   lr=settings["lr"], margins=settings["margins"], progress=False)
+        run = runs.train_retrieval(release, "double", "imagenet", compute_matched_profile(profile, epochs),
+                                   seed=seed, lr=settings["lr"], margins=settings["margins"], progress=False)
         images = run.last_epoch * retrieval_images_per_epoch(release, profile, "double")
         return _test_rows(report.MATCHED, seed, run.model, release, profile, _run_columns(run, images))
 
