@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import config, methods
+from . import config, data, methods
 
 
 def positive_share(pos_loss, neg_loss) -> float | np.ndarray:
@@ -79,8 +79,6 @@ def pair_shares(embeddings, labels, loss, margins: dict, pairs_per_category: int
     give what the optimiser would see if training went on; the untrained
     network's, what it saw at the start.
     """
-    from . import data
-
     method = methods.get(loss)
     if not method.is_pair_loss:
         raise ValueError(f"{method.name} is not a pair loss: it has no positive and negative pairs")
@@ -89,12 +87,18 @@ def pair_shares(embeddings, labels, loss, margins: dict, pairs_per_category: int
     e1, e2 = emb[i].clone().requires_grad_(), emb[j].clone().requires_grad_()
     positive = torch.as_tensor(y).bool()
     per_pair = method.loss(e1, e2, positive.double(), reduction="none", **margins)
-    pull = pair_gradient_norms(per_pair, e1, e2)
-    terms = per_pair.detach()
-    return {"positive share of the loss": positive_share(float(terms[positive].sum()), float(terms[~positive].sum())),
-            "positive share of the gradient": positive_share(float(pull[positive].sum()), float(pull[~positive].sum())),
-            "active positive pairs": float((terms[positive] > 0).double().mean()),
-            "active negative pairs": float((terms[~positive] > 0).double().mean())}
+    loss_share, gradient_share, active_pos, active_neg = _split(per_pair, pair_gradient_norms(per_pair, e1, e2),
+                                                                positive)
+    return {"positive share of the loss": loss_share, "positive share of the gradient": gradient_share,
+            "active positive pairs": active_pos, "active negative pairs": active_neg}
+
+
+def _split(per_pair: torch.Tensor, pull: torch.Tensor, positive: torch.Tensor, weight=1.0) -> tuple:
+    """(positive share of the loss, of the pull, active positives, active negatives) of pairs weighted by ``weight``."""
+    terms, pull = per_pair.detach() * weight, pull * weight
+    return (positive_share(float(terms[positive].sum()), float(terms[~positive].sum())),
+            positive_share(float(pull[positive].sum()), float(pull[~positive].sum())),
+            float((per_pair[positive] > 0).double().mean()), float((per_pair[~positive] > 0).double().mean()))
 
 
 @dataclass
@@ -137,12 +141,8 @@ def _toy_loss(method: methods.Method, emb: torch.Tensor, labels: torch.Tensor, m
     y = labels[i] == labels[j]
     per_pair = method.loss(e1, e2, y.float(), reduction="none", **margins)
     weight = torch.where(y, 0.5 / y.sum(), 0.5 / (~y).sum())  # each kind of pair carries half the loss
-    pull = pair_gradient_norms(per_pair, e1, e2) * weight
-    weighted = per_pair.detach() * weight
-    record = {"positive share": positive_share(float(weighted[y].sum()), float(weighted[~y].sum())),
-              "positive gradient share": positive_share(float(pull[y].sum()), float(pull[~y].sum())),
-              "active positives": float((per_pair[y] > 0).float().mean()),
-              "active negatives": float((per_pair[~y] > 0).float().mean())}
+    shares = _split(per_pair, pair_gradient_norms(per_pair, e1, e2), y, weight)
+    record = dict(zip(("positive share", "positive gradient share", "active positives", "active negatives"), shares))
     return (per_pair * weight).sum(), record
 
 

@@ -26,7 +26,6 @@ and show them:
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -224,7 +223,7 @@ def tolerance(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)", n_seeds
     differ by about sqrt(2) seed standard deviations. ``n_seeds`` > 1 gives
     the tolerance of a mean over that many seeds.
     """
-    return TOLERANCE_SIGMAS * math.sqrt(2) * seed_spread(comparison, metric) / math.sqrt(n_seeds)
+    return stats.rerun_move(seed_spread(comparison, metric), n_seeds, TOLERANCE_SIGMAS)
 
 
 def kept_last_share(comparison: pd.DataFrame) -> float:

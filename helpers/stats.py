@@ -71,7 +71,12 @@ def rerun_tolerance(differences, sigmas: float = 3) -> float:
     differences = np.asarray(differences, dtype=np.float64)
     if differences.size < 2:
         return float("nan")
-    return float(sigmas * np.sqrt(2) * differences.std(ddof=1) / np.sqrt(differences.size))
+    return rerun_move(differences.std(ddof=1), differences.size, sigmas)
+
+
+def rerun_move(sd: float, n: int, sigmas: float = 3) -> float:
+    """``sigmas * sqrt(2) * sd / sqrt(n)``: how far a mean over ``n`` seeds of spread ``sd`` may move on a rerun."""
+    return float(sigmas * np.sqrt(2) * sd / np.sqrt(n))
 
 
 FIRMNESS = ("firm", "fragile", "open")
