@@ -165,13 +165,17 @@ def pair_step(model: nn.Module, batch, loss: Callable) -> tuple[torch.Tensor, di
     ``loss(e1, e2, y)`` returns one term per pair (a pair loss of
     :mod:`helpers.losses` with ``reduction="none"``); the batch loss is their
     mean, as in the paper. The statistics split it into its positive and
-    negative parts, the share of pairs with a non-zero term, and the mean
-    distance of positive and of negative pairs.
+    negative parts, the share of pairs with a non-zero term, the mean
+    distance of positive and of negative pairs, and the summed gradient norms
+    (:func:`pair_gradient_norms`) of positive and of negative pairs divided
+    by the number of pairs (``pos_grad``, ``neg_grad``).
     """
     x1, x2, y = _on_device_of(model, *batch)
     e1, e2 = model(torch.cat([x1, x2])).split(len(x1))
-    parts = losses.split_pair_loss(loss(e1, e2, y), y)
+    per_pair = loss(e1, e2, y)
+    parts = losses.split_pair_loss(per_pair, y)
     distance = losses.pair_distance(e1.detach(), e2.detach())
+    gradient = pair_gradient_norms(per_pair, e1, e2)
     positive = y.bool()
     stats = {
         "pos_loss": parts["pos_loss"].detach(), "neg_loss": parts["neg_loss"].detach(),
@@ -179,8 +183,20 @@ def pair_step(model: nn.Module, batch, loss: Callable) -> tuple[torch.Tensor, di
         "pos_active_frac": parts["pos_active_frac"], "neg_active_frac": parts["neg_active_frac"],
         "pos_dist": (distance * positive).sum() / positive.sum(),     # NaN without positives
         "neg_dist": (distance * ~positive).sum() / (~positive).sum(),
+        "pos_grad": (gradient * positive).sum() / len(y), "neg_grad": (gradient * ~positive).sum() / len(y),
     }
     return parts["loss"], stats
+
+
+def pair_gradient_norms(per_pair: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+    """How hard each pair pulls on its two embeddings: the norm of the gradient of its term w.r.t. ``e1`` and ``e2``.
+
+    Pair ``k``'s term depends on row ``k`` of ``e1`` and ``e2`` only, so one
+    backward pass of their sum gives every pair's gradient; the graph is kept
+    for the training step's own backward. A pair with a zero term pulls with 0.
+    """
+    g1, g2 = torch.autograd.grad(per_pair.sum(), (e1, e2), retain_graph=True)
+    return torch.sqrt((g1 ** 2).sum(dim=1) + (g2 ** 2).sum(dim=1)).detach()
 
 
 def triplet_step(model: nn.Module, batch, loss: Callable) -> tuple[torch.Tensor, dict]:
@@ -199,6 +215,7 @@ def triplet_step(model: nn.Module, batch, loss: Callable) -> tuple[torch.Tensor,
         "pos_active_frac": nan, "neg_active_frac": nan,
         "pos_dist": losses.pair_distance(a.detach(), p.detach()).mean(),
         "neg_dist": losses.pair_distance(a.detach(), n.detach()).mean(),
+        "pos_grad": nan, "neg_grad": nan,
     }
     return per_triplet.mean(), stats
 
@@ -297,7 +314,9 @@ def fit(model: nn.Module, optimizer, scheduler, loader_for: Callable[[int], obje
                total=epochs, initial=history.next_epoch - 1)
     for epoch in bar:
         if patience is not None and history.epochs[-1]["epoch"] - history.best_epoch >= patience:
-            bar.set_postfix_str(f"stopped early; kept epoch {history.best_epoch}")
+            bar.total = bar.n  # the bar ends full, and says why it ended before ``epochs``
+            bar.set_postfix_str(f"stopped early at epoch {history.epochs[-1]['epoch']} of {epochs}, "
+                                f"best {history.best_epoch}")
             break
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]

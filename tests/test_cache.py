@@ -396,10 +396,22 @@ def test_a_damaged_entry_in_a_read_only_cache_is_one_line_too(copied, monkeypatc
     assert (folder / "model.pt").is_file()                                     # nothing was moved
 
 
-@pytest.mark.xfail(strict=True, reason="runs._lock opens a lock file under cache/locks/ even to load a finished "
-                                       "run, so a read-only cache cannot serve it (runs.py, not changed here)")
 def test_a_read_only_cache_serves_the_runs_it_has(release, copied, monkeypatch):
     folder, reference = copied
     with read_only(folder.parent.parent, monkeypatch):
         run = train(release)
     assert run.from_cache and run.key == reference.key
+
+
+def test_a_read_only_cache_says_in_one_line_why_it_cannot_train_a_new_run(release, copied, monkeypatch):
+    folder, _ = copied
+    root = folder.parent.parent
+    shutil.rmtree(root / "locks", ignore_errors=True)
+    shutil.rmtree(folder)
+    with read_only(root, monkeypatch):
+        with pytest.raises(cache.CacheWriteError) as raised:
+            train(release)
+    message = str(raised.value)
+    assert message.startswith(f"cannot train the run {folder.name} here: the cache folder is read-only")
+    assert "\n" not in message and raised.value.__suppress_context__
+    assert not folder.exists()

@@ -149,7 +149,8 @@ def test_images_per_retrieval_epoch_by_hand():
 
 
 def test_the_compute_matched_run_decays_its_learning_rate_at_the_same_fraction_of_its_budget():
-    tutorial = replace(config.PROFILES["tutorial"], ret_epochs=12, ret_lr_step=8)   # 12 epochs, x 0.1 after 8
+    tutorial = config.PROFILES["tutorial"]                                    # 12 epochs, x 0.1 after 8
+    assert (tutorial.ret_epochs, tutorial.ret_lr_step) == (12, 8)
     stretched = protocol.compute_matched_profile(tutorial, 19)
     assert (stretched.ret_epochs, stretched.ret_lr_step) == (19, 13)          # 19 x 8 / 12 = 12.7
     assert stretched == replace(tutorial, ret_epochs=19, ret_lr_step=13)
@@ -331,7 +332,8 @@ def test_seed_jobs_test_metrics_by_hand_and_per_query_rows(fake_runs):
 def test_imbalance_rows_are_the_positive_share_per_epoch_at_tuned_and_paper_margins(monkeypatch):
     history = pd.DataFrame({"epoch": [1, 1, 2, 2, 3],
                             "pos_loss": [3.0, 1.0, 1.0, 0.5, 0.0], "neg_loss": [2.0, 4.0, 3.0, 1.5, 0.0],
-                            "pos_active_frac": [1.0, 0.5, 0.4, 0.2, 0.0], "neg_active_frac": [0.2, 0.4, 0.6, 0.8, 1.0]})
+                            "pos_active_frac": [1.0, 0.5, 0.4, 0.2, 0.0], "neg_active_frac": [0.2, 0.4, 0.6, 0.8, 1.0],
+                            "pos_grad": [1.0, 1.0, 0.5, 0.5, 0.0], "neg_grad": [1.0, 3.0, 2.0, 2.0, 0.0]})
     stage1 = _stage1_run(5)
     seen = []
 
@@ -352,6 +354,10 @@ def test_imbalance_rows_are_the_positive_share_per_epoch_at_tuned_and_paper_marg
     # epoch 1: (3 + 1) / (3 + 1 + 2 + 4) = 0.4; epoch 2: 1.5 / (1.5 + 4.5) = 0.25; epoch 3: no loss at all, NaN
     share = rows["positive share"].to_numpy()
     assert share[rows["epoch"] != 3] == pytest.approx([0.4, 0.25] * 4) and np.isnan(share[rows["epoch"] == 3]).all()
+    # the same share of the gradient norms: epoch 1: 2 / (2 + 4) = 1/3; epoch 2: 1 / (1 + 4) = 0.2
+    gradient = rows["positive gradient share"].to_numpy()
+    assert gradient[rows["epoch"] != 3] == pytest.approx([1 / 3, 0.2] * 4)
+    assert np.isnan(gradient[rows["epoch"] == 3]).all()
     assert rows["active positives"].tolist() == pytest.approx([0.75, 0.3, 0.0] * 4)
     assert rows["active negatives"].tolist() == pytest.approx([0.3, 0.7, 1.0] * 4)
 

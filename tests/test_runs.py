@@ -162,7 +162,8 @@ def test_history_columns_schedule_and_determinism(smoke_release):
     again = retrieval(smoke_release, seed=3, profile=TWO_EPOCHS)
     history = first.history
     assert list(history.columns) == ["epoch", "iteration", "lr", "loss", "pos_loss", "neg_loss", "active_frac",
-                                     "pos_active_frac", "neg_active_frac", "pos_dist", "neg_dist"]
+                                     "pos_active_frac", "neg_active_frac", "pos_dist", "neg_dist", "pos_grad",
+                                     "neg_grad"]
     assert history["iteration"].tolist() == list(range(1, len(history) + 1))
     assert set(history.loc[history.epoch == 1, "lr"]) == {SMOKE.ret_lr}
     assert history.loc[history.epoch == 2, "lr"].iloc[0] == pytest.approx(SMOKE.ret_lr * 0.1)

@@ -116,6 +116,22 @@ def test_pair_step_uses_one_forward_pass_and_matches_a_loop():
     assert stats["pos_dist"].item() == pytest.approx(np.mean([d[k] for k in (0, 3, 4)]), rel=1e-5)
     assert stats["neg_dist"].item() == pytest.approx(np.mean([d[k] for k in (1, 2, 5)]), rel=1e-5)
     assert stats["active_frac"].item() == pytest.approx(np.mean([t > 0 for t in terms]))
+    # how hard each pair pulls: |dL/dd| = the hinge (d - m1 or m2 - d, at least 0), and d moves with e1 and e2
+    # along opposite unit vectors, so the gradient over both has norm sqrt(2) |dL/dd|
+    pull = [np.sqrt(2) * (max(0, d[k] - 0.1) if y[k] else max(0, 1.2 - d[k])) for k in range(6)]
+    assert stats["pos_grad"].item() == pytest.approx(sum(pull[k] for k in (0, 3, 4)) / 6, rel=1e-4)
+    assert stats["neg_grad"].item() == pytest.approx(sum(pull[k] for k in (1, 2, 5)) / 6, rel=1e-4)
+    loss.backward()                                   # the graph is still there for the training step
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_pair_gradient_norms_are_zero_for_pairs_without_loss():
+    e1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    e2 = torch.tensor([[0.0, 1.0], [0.0, 1.0]], requires_grad=True)
+    # a negative pair already beyond the margin, and a positive pair at distance 0: neither pulls
+    per_pair = losses.double_margin_contrastive_loss(e1, e2, torch.tensor([0.0, 1.0]), pos_margin=0.1,
+                                                     neg_margin=1.2, reduction="none")
+    assert train.pair_gradient_norms(per_pair, e1, e2).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
 
 
 def test_triplet_step_uses_one_forward_pass():

@@ -306,8 +306,10 @@ def imbalance_rows(release, profile: config.Profile, *, seed: int = 0) -> list[d
     The tuned runs are the comparison's seed-``seed`` runs; the paper-margin
     runs keep the tuned learning rate. One row per (run, epoch): the share of
     the summed batch losses that comes from positive pairs
-    (:func:`helpers.loss_analysis.positive_share`), and the fractions of
-    positive and negative pairs with a non-zero loss.
+    (:func:`helpers.loss_analysis.positive_share`), the same share of the
+    pairs' gradient norms (:func:`helpers.train.pair_gradient_norms`: how
+    hard each kind of pair pulls), and the fractions of positive and
+    negative pairs with a non-zero loss.
     """
     stage1 = runs.train_classifier(release, profile, seed=seed, progress=False)
     rows = []
@@ -320,6 +322,8 @@ def imbalance_rows(release, profile: config.Profile, *, seed: int = 0) -> list[d
                 rows.append({"loss": method.name, "margins": f"{which}: {method.describe_margins(margins)}",
                              "epoch": int(epoch),
                              "positive share": loss_analysis.positive_share(h["pos_loss"].sum(), h["neg_loss"].sum()),
+                             "positive gradient share": loss_analysis.positive_share(h["pos_grad"].sum(),
+                                                                                     h["neg_grad"].sum()),
                              "active positives": float(h["pos_active_frac"].mean()),
                              "active negatives": float(h["neg_active_frac"].mean())})
     return rows

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from .. import config, data, methods, metrics, models, train
 from . import distributed, features
 from . import cache
-from .cache import MANIFEST, DamagedEntry, atomic_write, set_aside, write_text
+from .cache import MANIFEST, WRITE_FAULTS, CacheWriteError, DamagedEntry, atomic_write, set_aside, write_text
 
 DATA_FILES = ("config.json", "history.csv", "epochs.csv", "model.pt")
 """The files of a finished run that its manifest lists."""
@@ -435,18 +435,34 @@ def set_up(recipe: Recipe, device=None, cache: bool = True) -> Training:
     return Training(network, optimizer, scheduler, loader_for, step, validate, batch_weight)
 
 
+@contextlib.contextmanager
 def _lock(folder: Path | None):
-    """A file lock on the run of ``folder`` (under ``cache/locks/``), or none without a cache or under torchrun.
+    """Hold a file lock on the run of ``folder`` (under ``cache/locks/``); none without a cache or under torchrun.
 
     A second process asking for the same run waits for the first, then
     loads its result instead of training beside it. Under torchrun the
-    ranks of one job agree through their own barriers instead.
+    ranks of one job agree through their own barriers instead. A cache
+    that cannot take the lock (read-only, full) raises :class:`CacheWriteError`
+    in one line: it cannot hold a new run either.
     """
     if folder is None or distributed.is_distributed():
-        return contextlib.nullcontext()
+        yield
+        return
     locks = folder.parent.parent / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    return filelock.FileLock(locks / f"{folder.name}.lock")
+    try:
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(locks / f"{folder.name}.lock")
+        lock.acquire()
+    except OSError as error:
+        code = cache.write_fault(error)
+        if code is None:
+            raise
+        raise CacheWriteError(f"cannot train the run {folder.name} here: {WRITE_FAULTS[code]} ({locks})",
+                              code) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _epoch_row(history: train.History, index: int, val_column: str) -> dict:
@@ -467,10 +483,12 @@ def load_or_fit(recipe: Recipe, *, device=None, cache: bool = True, progress: bo
     global batch, and only rank 0 writes the checkpoints and the cache entry.
     """
     folder = run_folder(recipe.folder_kind, recipe.key) if cache else None
-    with _lock(folder):
-        run = _cached(folder)
-        if run is None:
-            return _fit(recipe, folder, device, cache, progress, on_epoch_end)
+    run = _cached(folder)  # a finished run is read without the lock, so a read-only cache serves it
+    if run is None:
+        with _lock(folder):
+            run = _cached(folder)  # another process may have finished it while this one waited
+            if run is None:
+                return _fit(recipe, folder, device, cache, progress, on_epoch_end)
     for _, row in run.epochs[run.epochs["epoch"] > 0].iterrows():
         if on_epoch_end is not None:
             on_epoch_end(row.to_dict())
