@@ -146,26 +146,33 @@ def loss_curves(histories: Mapping[str, pd.DataFrame], column: str = "loss", win
     return fig
 
 
-def loss_share_plot(history: pd.DataFrame, window: int = 10, ax=None, title: str | None = None):
-    """Stacked share of the loss coming from positive and from negative pairs, per iteration.
+SHARE_PARTS = {"loss": ("pos_loss", "neg_loss"), "gradient": ("pos_grad", "neg_grad")}
+"""The history columns :func:`loss_share_plot` splits: the loss's two parts, or the pairs' summed gradient norms."""
+
+
+def loss_share_plot(history: pd.DataFrame, window: int = 10, ax=None, title: str | None = None, of: str = "loss"):
+    """Stacked share of the loss (or of the gradient) coming from positive and from negative pairs, per iteration.
 
     The paper's imbalance argument: :func:`helpers.loss_analysis.positive_share`
-    of the losses averaged over the last ``window`` iterations.
+    of the two parts averaged over the last ``window`` iterations. ``of`` is
+    ``"loss"`` or ``"gradient"`` (:data:`SHARE_PARTS`: the summed gradient norms
+    that :func:`helpers.train.pair_step` records).
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 3.6))
     else:
         fig = ax.figure
-    smoothed = history[["pos_loss", "neg_loss"]].rolling(window, min_periods=1).mean()
-    share = loss_analysis.positive_share(smoothed["pos_loss"], smoothed["neg_loss"])
+    positive, negative = SHARE_PARTS[of]
+    smoothed = history[[positive, negative]].rolling(window, min_periods=1).mean()
+    share = loss_analysis.positive_share(smoothed[positive], smoothed[negative])
     x = np.arange(len(history))
     ax.stackplot(x, share, 1 - share, labels=["positive pairs", "negative pairs"],
                  colors=[POSITIVE_COLOUR, NEGATIVE_COLOUR], alpha=0.85)
     ax.set_ylim(0, 1)
     ax.set_xlim(0, max(len(history) - 1, 1))
     ax.set_xlabel("iteration")
-    ax.set_ylabel("share of the loss")
-    ax.set_title(title or "Where the loss comes from")
+    ax.set_ylabel(f"share of the {of}")
+    ax.set_title(title or f"Where the {of} comes from")
     ax.legend(loc="lower left", fontsize=8)
     return fig
 

@@ -17,7 +17,8 @@ and show them:
   :func:`kept_last_share` and :func:`validation_noise`: whether the epoch
   budget reaches a plateau and how noisy validation is;
 * :func:`committed_rows`: one seed's rows, to show a run without retraining it;
-* :func:`chosen_settings`: the learning rates and margins the tuning picked;
+* :func:`chosen_settings` and :func:`chosen_sentence`: the learning rates
+  and margins the tuning picked;
 * :func:`stamp_note`: which profile and code version wrote the results;
 * :func:`previous_comparison` and :func:`verdict_changes`: the verdicts of
   the protocol before this one, next to today's.
@@ -107,6 +108,29 @@ def chosen_settings(tuning: pd.DataFrame) -> dict:
                                for name in ("lr", *methods.get(loss).margin_fields)}
                         for loss in methods.NAMES} for schedule in config.SCHEDULES}
     return {"cls_lr": float(best(STAGE1_STUDY)["lr"]), "tuned": tuned}
+
+
+def chosen_sentence(chosen: dict, at_edge: list[str]) -> str:
+    """The chosen settings (:func:`chosen_settings`) in a few sentences, and which of them sit on an edge of their range.
+
+    ``at_edge`` names those settings
+    (:func:`helpers.machinery.tuning.chosen_at_edge`); an empty list is said too.
+    """
+    def one(loss: str, settings: dict) -> str:
+        margins = {name: settings[name] for name in methods.get(loss).margin_fields}
+        return f"{loss} lr {lr_text(settings['lr'])} ({methods.get(loss).describe_margins(margins)})"
+
+    schedules = " ".join(f"{schedule.capitalize()}: " + "; ".join(one(loss, s) for loss, s in by_loss.items()) + "."
+                         for schedule, by_loss in chosen["tuned"].items())
+    edges = (f"On the edge of its range: {', '.join(at_edge)}; the search may have wanted to go further."
+             if at_edge else "No winner sits on the edge of its range.")
+    return f"Chosen: stage 1 lr {lr_text(chosen['cls_lr'])}. {schedules} {edges}"
+
+
+def lr_text(lr: float) -> str:
+    """A learning rate as it is written: ``3.16e-4``, ``1e-3``."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def committed_rows(comparison: pd.DataFrame, seed: int, models, columns) -> pd.DataFrame:
@@ -236,18 +260,19 @@ def kept_last_share(comparison: pd.DataFrame) -> float:
 def validation_noise(table: pd.DataFrame, last: int = 5) -> pd.DataFrame:
     """Per validation protocol, the spread of validation mAP over a run's ``last`` epochs.
 
-    Columns: the standard deviation over those epochs, the standard
-    deviation around a straight line fitted to them (the noise once a
-    still-rising trend is taken out) and the mean absolute change from one
-    epoch to the next.
+    Columns: the standard deviation over those epochs, the slope of a
+    straight line fitted to them (mAP per epoch: whether the run still rises),
+    the standard deviation around that line (the noise once the trend is taken
+    out) and the mean absolute change from one epoch to the next.
     """
     tail = table.sort_values("epoch").tail(last)
     rows = {}
     for protocol in ("queries", "leave-one-out"):
         values = tail[protocol].to_numpy(dtype=float)
         epochs = tail["epoch"].to_numpy(dtype=float)
-        residuals = values - np.polyval(np.polyfit(epochs, values, 1), epochs)
-        rows[protocol] = {"std over epochs": float(values.std(ddof=1)),
+        line = np.polyfit(epochs, values, 1)
+        residuals = values - np.polyval(line, epochs)
+        rows[protocol] = {"std over epochs": float(values.std(ddof=1)), "trend per epoch": float(line[0]),
                           "std around the trend": float(np.sqrt((residuals ** 2).sum() / (len(values) - 2))),
                           "mean epoch-to-epoch change": float(np.abs(np.diff(values)).mean())}
     out = pd.DataFrame(rows).T

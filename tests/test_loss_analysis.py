@@ -56,6 +56,17 @@ def test_loss_share_plot_draws_the_positive_share_of_a_rolling_window():
     plt.close(fig)
 
 
+def test_loss_share_plot_of_the_gradient_reads_the_gradient_columns():
+    history = _history().assign(pos_grad=[1.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0],
+                                neg_grad=[3.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    fig = plots.loss_share_plot(history, window=1, of="gradient")
+    positive = fig.axes[0].collections[0].get_paths()[0].vertices
+    tops = {x: y for x, y in positive if y > 0}
+    assert tops[0] == pytest.approx(0.25) and tops[7] == pytest.approx(0.75)
+    assert fig.axes[0].get_ylabel() == "share of the gradient"
+    plt.close(fig)
+
+
 def test_toy_experiment_takes_every_margin_of_its_loss():
     margins = methods.get("double").margins(config.PROFILES["paper"])
     result = loss_analysis.toy_embedding_experiment("double", margins, n_classes=2, per_class=4, steps=20)

@@ -214,9 +214,11 @@ def test_validation_noise_by_hand():
     assert noise.index.name == "validation mAP, last 5 epochs"
     # around the line 0.612 + 0.005 (epoch - 4): residuals -.002 .003 -.002 .003 -.002, 3 degrees of freedom
     assert noise.loc["leave-one-out", "std around the trend"] == pytest.approx(math.sqrt(30e-6 / 3))
+    assert noise.loc["leave-one-out", "trend per epoch"] == pytest.approx(0.005)
     rising = pd.DataFrame({"epoch": range(6), "queries": [0.1 * e for e in range(6)],
                            "leave-one-out": [0.3 + 0.02 * e for e in range(6)]})
     assert report.validation_noise(rising)["std around the trend"].tolist() == pytest.approx([0, 0], abs=1e-12)
+    assert report.validation_noise(rising)["trend per epoch"].tolist() == pytest.approx([0.1, 0.02])
     assert report.validation_noise(rising).loc["queries", "std over epochs"] > 0.1
     last3 = report.validation_noise(table, last=3)  # epochs 4, 5, 6
     assert last3.loc["queries", "mean epoch-to-epoch change"] == pytest.approx((0.04 + 0.01) / 2)
@@ -340,3 +342,26 @@ def test_rerun_verdicts_replace_the_rerun_rows_and_allow_only_non_firm_changes()
     # the comparison itself is left as it was
     assert comparison.loc[(comparison.model == "double, one-stage") & (comparison.seed == 0),
                           "mAP (trapezoid)"].item() == pytest.approx(0.41)
+
+
+def test_lr_text_writes_a_learning_rate_as_a_person_would():
+    assert [report.lr_text(v) for v in (1e-3, 3.16e-4, 5.62e-4, 1e-2, 0.000316227766)] == [
+        "1e-3", "3.16e-4", "5.62e-4", "1e-2", "3.16e-4"]
+
+
+def test_chosen_sentence_lists_every_schedule_and_loss_and_says_what_sits_on_an_edge():
+    chosen = {"cls_lr": 1e-3,
+              "tuned": {"one-stage": {"single": {"lr": 3.16e-4, "margin": 1.35},
+                                      "double": {"lr": 1e-3, "pos_margin": 0.135, "neg_margin": 1.35},
+                                      "triplet": {"lr": 5.62e-4, "margin": 0.15}},
+                        "two-stage": {"single": {"lr": 1e-4, "margin": 1.2},
+                                      "double": {"lr": 1e-4, "pos_margin": 0.8, "neg_margin": 1.2},
+                                      "triplet": {"lr": 3.16e-4, "margin": 0.8}}}}
+    sentence = report.chosen_sentence(chosen, [])
+    assert sentence == ("Chosen: stage 1 lr 1e-3. One-stage: single lr 3.16e-4 (m = 1.35); double lr 1e-3 "
+                        "(m1 = 0.135, m2 = 1.35); triplet lr 5.62e-4 (m = 0.15). Two-stage: single lr 1e-4 (m = 1.2); "
+                        "double lr 1e-4 (m1 = 0.8, m2 = 1.2); triplet lr 3.16e-4 (m = 0.8). "
+                        "No winner sits on the edge of its range.")
+    flagged = report.chosen_sentence(chosen, ["one-stage double lr 1e-2", "two-stage single m 1.4"])
+    assert flagged.endswith("On the edge of its range: one-stage double lr 1e-2, two-stage single m 1.4; "
+                            "the search may have wanted to go further.")

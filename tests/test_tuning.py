@@ -274,3 +274,23 @@ def test_at_edge_is_the_first_or_last_step_of_the_range():
     assert tuning.at_edge(math.log10(1e-5), low, high, step)  # -5 up to rounding
     assert tuning.at_edge(0.1, 0.1, 1.4, 0.05) and tuning.at_edge(1.4000000000000001, 0.1, 1.4, 0.05)
     assert not tuning.at_edge(0.15, 0.1, 1.4, 0.05) and not tuning.at_edge(1.35, 0.1, 1.4, 0.05)
+
+
+def test_chosen_at_edge_names_each_setting_on_the_first_or_last_step_of_its_range():
+    inside = {"lr": 3.16e-4, "margin": 0.8}
+    chosen = {"cls_lr": 10 ** -4.5,   # stage 1's lowest step
+              "tuned": {"one-stage": {"single": {"lr": 1e-2, "margin": 1.4},  # both at the top
+                                      "double": {"lr": 3.16e-4, "pos_margin": 0.0, "neg_margin": 0.1},  # m1/m2 0, m2 lowest
+                                      "triplet": {"lr": 1e-5, "margin": 0.05}},  # lowest lr and margin
+                        "two-stage": {"single": dict(inside),
+                                      "double": {"lr": 3.16e-4, "pos_margin": 0.72, "neg_margin": 0.8},  # ratio 0.9
+                                      "triplet": dict(inside)}}}
+    assert tuning.chosen_at_edge(chosen) == [
+        "stage 1 lr 3.16e-5", "one-stage single lr 1e-2", "one-stage single m 1.4", "one-stage double m2 0.1",
+        "one-stage double m1/m2 0.0", "one-stage triplet lr 1e-5", "one-stage triplet m 0.05",
+        "two-stage double m1/m2 0.9"]
+    chosen["cls_lr"] = 1e-3
+    chosen["tuned"]["one-stage"] = {"single": dict(inside), "triplet": dict(inside),
+                                    "double": {"lr": 3.16e-4, "pos_margin": 0.4, "neg_margin": 0.8}}
+    chosen["tuned"]["two-stage"]["double"]["pos_margin"] = 0.64  # ratio 0.8: one step inside
+    assert tuning.chosen_at_edge(chosen) == []

@@ -35,14 +35,15 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .. import methods
+from .. import methods, report
 
 STARTUP_TRIALS = 3
 """Random trials before TPE models the results."""
 DISTANCE_BOUND = math.sqrt(2)
 """The largest distance between two non-negative unit vectors: every margin range is stated against it."""
 LOG10_LR = {"stage 1": (-4.5, -1.5), "retrieval": (-5.0, -2.0)}
-"""log10 of the learning rate, searched in steps of 0.25 (the winner should not sit at an edge)."""
+"""log10 of the learning rate, searched in steps of :data:`LOG10_LR_STEP` (the winner should not sit at an edge)."""
+LOG10_LR_STEP = 0.25
 MARGIN_STEP = 0.05
 MARGIN_RANGE = (0.1, 1.4)
 """The single margin m and the double margin's m2: up to just below the sqrt(2) bound."""
@@ -59,7 +60,7 @@ class Pruned(Exception):
 
 def _lr(trial: optuna.Trial, stage: str) -> float:
     low, high = LOG10_LR[stage]
-    return float(f"{10 ** trial.suggest_float('log10_lr', low, high, step=0.25):.3g}")
+    return float(f"{10 ** trial.suggest_float('log10_lr', low, high, step=LOG10_LR_STEP):.3g}")
 
 
 def search_space(stage: str, loss: str | None = None) -> Callable[[optuna.Trial], dict]:
@@ -175,3 +176,31 @@ def best_settings(study_rows: pd.DataFrame, setting_names) -> dict:
 def at_edge(value: float, low: float, high: float, step: float) -> bool:
     """Whether ``value`` lies on the first or last step of ``[low, high]``: the search may have wanted to go further."""
     return value <= low + step / 2 or value >= high - step / 2
+
+
+def chosen_at_edge(chosen: dict) -> list[str]:
+    """The chosen settings (:func:`helpers.report.chosen_settings`) on an edge of their search range, each named.
+
+    An edge is the first or last step of a range (:func:`at_edge`); for the
+    double margin that includes m1/m2 = 0, where it is the single margin.
+    """
+    def lr_edge(lr: float, stage: str) -> bool:
+        return at_edge(math.log10(lr), *LOG10_LR[stage], LOG10_LR_STEP)
+
+    found = [f"stage 1 lr {report.lr_text(chosen['cls_lr'])}"] if lr_edge(chosen["cls_lr"], "stage 1") else []
+    for schedule, by_loss in chosen["tuned"].items():
+        for loss, settings in by_loss.items():
+            where = f"{schedule} {loss}"
+            if lr_edge(settings["lr"], "retrieval"):
+                found.append(f"{where} lr {report.lr_text(settings['lr'])}")
+            if loss == "double":
+                ratio = settings["pos_margin"] / settings["neg_margin"]
+                if at_edge(settings["neg_margin"], *MARGIN_RANGE, MARGIN_STEP):
+                    found.append(f"{where} m2 {settings['neg_margin']:g}")
+                if at_edge(ratio, *POS_RATIO_RANGE, 0.1):
+                    found.append(f"{where} m1/m2 {ratio:.1f}")
+            else:
+                low, high = TRIPLET_RANGE if loss == "triplet" else MARGIN_RANGE
+                if at_edge(settings["margin"], low, high, MARGIN_STEP):
+                    found.append(f"{where} m {settings['margin']:g}")
+    return found
