@@ -47,7 +47,7 @@ lab: setup
 	$(PY) -m jupyter lab notebooks/
 
 # make results: the fair comparison (tuning, seeds, test) behind notebooks 03-04, written to results/
-# (80 min at the tutorial profile when last run; cached runs are loaded, not retrained)
+# (58 min at the tutorial profile when last run; cached runs are loaded, not retrained)
 results: data
 	FIREARM_PROFILE=$(PROFILE) $(PY) benchmarks/results_table.py --profile $(PROFILE)
 
