@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import config, data, methods
+from .train import pair_gradient_norms  # the one definition; training records it every step
 
 
 def positive_share(pos_loss, neg_loss) -> float | np.ndarray:
@@ -51,19 +52,6 @@ def imbalance_summary(history: pd.DataFrame, fraction: float = 0.25) -> dict:
                         for when, h in (("first", first), ("last", last))})
     return {**summary, "active positive pairs, last quarter": float(last["pos_active_frac"].mean()),
             "active negative pairs, last quarter": float(last["neg_active_frac"].mean())}
-
-
-def pair_gradient_norms(per_pair: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
-    """How hard each pair pulls on its two embeddings: the norm of the gradient of its term w.r.t. ``e1`` and ``e2``.
-
-    Pair ``k``'s term depends on row ``k`` of ``e1`` and ``e2`` only, so one
-    backward pass of their sum gives every pair's gradient; the graph is kept
-    for a training step's own backward. A pair with a zero term pulls with 0.
-    For the contrastive losses (½·hinge²) it is sqrt(2)·|dL/dd|: d moves
-    with ``e1`` and ``e2`` along opposite unit vectors.
-    """
-    g1, g2 = torch.autograd.grad(per_pair.sum(), (e1, e2), retain_graph=True)
-    return torch.sqrt((g1 ** 2).sum(dim=1) + (g2 ** 2).sum(dim=1)).detach()
 
 
 def pair_shares(embeddings, labels, loss, margins: dict, pairs_per_category: int = 16,

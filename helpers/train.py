@@ -194,6 +194,8 @@ def pair_gradient_norms(per_pair: torch.Tensor, e1: torch.Tensor, e2: torch.Tens
     Pair ``k``'s term depends on row ``k`` of ``e1`` and ``e2`` only, so one
     backward pass of their sum gives every pair's gradient; the graph is kept
     for the training step's own backward. A pair with a zero term pulls with 0.
+    For the contrastive losses (½·hinge²) it is sqrt(2)·|dL/dd|: d moves
+    with ``e1`` and ``e2`` along opposite unit vectors.
     """
     g1, g2 = torch.autograd.grad(per_pair.sum(), (e1, e2), retain_graph=True)
     return torch.sqrt((g1 ** 2).sum(dim=1) + (g2 ** 2).sum(dim=1)).detach()

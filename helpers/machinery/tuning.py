@@ -49,6 +49,7 @@ MARGIN_RANGE = (0.1, 1.4)
 """The single margin m and the double margin's m2: up to just below the sqrt(2) bound."""
 TRIPLET_RANGE = (0.05, 1.4)
 POS_RATIO_RANGE = (0.0, 0.9)
+POS_RATIO_STEP = 0.1
 """The double margin's m1 = ratio * m2, so m1 < m2 always and m1 = 0 is the single margin."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,7 +76,7 @@ def search_space(stage: str, loss: str | None = None) -> Callable[[optuna.Trial]
             settings["margin"] = round(trial.suggest_float("margin", *MARGIN_RANGE, step=MARGIN_STEP), 3)
         elif method.name == "double":
             m2 = round(trial.suggest_float("neg_margin", *MARGIN_RANGE, step=MARGIN_STEP), 3)
-            ratio = round(trial.suggest_float("pos_ratio", *POS_RATIO_RANGE, step=0.1), 3)
+            ratio = round(trial.suggest_float("pos_ratio", *POS_RATIO_RANGE, step=POS_RATIO_STEP), 3)
             settings.update(pos_margin=round(ratio * m2, 3), neg_margin=m2)
         else:
             settings["margin"] = round(trial.suggest_float("margin", *TRIPLET_RANGE, step=MARGIN_STEP), 3)
@@ -197,7 +198,7 @@ def chosen_at_edge(chosen: dict) -> list[str]:
                 ratio = settings["pos_margin"] / settings["neg_margin"]
                 if at_edge(settings["neg_margin"], *MARGIN_RANGE, MARGIN_STEP):
                     found.append(f"{where} m2 {settings['neg_margin']:g}")
-                if at_edge(ratio, *POS_RATIO_RANGE, 0.1):
+                if at_edge(ratio, *POS_RATIO_RANGE, POS_RATIO_STEP):
                     found.append(f"{where} m1/m2 {ratio:.1f}")
             else:
                 low, high = TRIPLET_RANGE if loss == "triplet" else MARGIN_RANGE
