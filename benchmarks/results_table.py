@@ -62,7 +62,8 @@ def main() -> None:
     print(report.claims(tables["comparison"], per_query=tables["per_query"]).round(4).to_string())
     print(f"\nTolerance of one run's mAP on another machine: {report.tolerance(tables['comparison']):.4f}; "
           f"of a mean over {len(seeds)} seeds: {report.tolerance(tables['comparison'], n_seeds=len(seeds)):.4f}")
-    print(f"Runs that kept their last epoch: {report.kept_last_share(tables['comparison']):.1%}")
+    print(f"Retrieval runs that kept their last epoch: {report.kept_last_share(tables['comparison']):.1%}; by group:")
+    print(report.plateau(tables["comparison"]).round(4).to_string())
     print("\nValidation noise:")
     print(report.validation_noise(tables["validation_noise"]).round(4).to_string())
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -304,7 +304,7 @@ def tuning_trials(tuning: pd.DataFrame, studies: Sequence[str], lr_range: tuple[
         ax.scatter(done["lr"], done["best score"], color=colour, s=36, label="finished")
         ax.scatter(pruned["lr"], pruned["best score"], facecolors="none", edgecolors=colour, s=36, label="pruned")
         best = done.loc[done["best score"].idxmax()]
-        shown = ", ".join([f"lr {best['lr']:.3g}"] + [f"{k} {best[k]:.2f}" for k in ("margin", "pos_margin", "neg_margin")
+        shown = ", ".join([f"lr {best['lr']:.3g}"] + [f"{k} {best[k]:g}" for k in ("margin", "pos_margin", "neg_margin")
                                                        if k in best and best[k] == best[k]])
         ax.scatter([best["lr"]], [best["best score"]], marker="*", s=220, color=colour, edgecolors="k", zorder=3,
                    label="chosen")

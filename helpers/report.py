@@ -14,8 +14,9 @@ and show them:
 * :func:`tolerance`: how far a committed number may move on another machine,
   and :func:`rerun_verdicts`: which verdicts a rerun changed, and whether
   they were firm;
-  :func:`kept_last_share` and :func:`validation_noise`: whether the epoch
-  budget reaches a plateau and how noisy validation is;
+  :func:`kept_last_share`, :func:`plateau`, :func:`longer_budget_sentence`
+  and :func:`validation_noise`: whether the epoch budget reaches a plateau,
+  what more epochs give, and how noisy validation is;
 * :func:`committed_rows`: one seed's rows, to show a run without retraining it;
 * :func:`chosen_settings` and :func:`chosen_sentence`: the learning rates
   and margins the tuning picked;
@@ -56,7 +57,9 @@ def study_name(loss: str, schedule: str) -> str:
 
 MATCHED = model_name("double", "one-stage, compute-matched")
 """The one-stage double margin run that may see as many images as stage 1 and stage 2 together."""
-FLOORS = ("ImageNet features only", "stage-1 features only", "random ranking")
+STAGE1_ROW = "stage-1 features only"
+"""The comparison row that carries stage 1's run (its epochs and validation accuracy)."""
+FLOORS = ("ImageNet features only", STAGE1_ROW, "random ranking")
 """The rows that show what no retrieval training scores."""
 CLAIMS = (
     ("double margin beats single margin (one-stage)", "double, one-stage", "single, one-stage"),
@@ -255,6 +258,89 @@ def kept_last_share(comparison: pd.DataFrame) -> float:
     runs_ = comparison[comparison["model"].isin([model_name(loss, stage) for loss in methods.NAMES
                                                  for stage in config.SCHEDULES] + [MATCHED])]
     return float((runs_["best epoch"] == runs_["epochs trained"]).mean())
+
+
+PLATEAU_TARGET = 0.10
+"""The budget should be long enough that fewer than this share of the final runs keep their last epoch."""
+
+
+def run_group(model: str) -> str | None:
+    """Which group of trained runs a comparison row belongs to: a schedule, ``"compute-matched"``, ``"stage 1"`` or None."""
+    if model == MATCHED:
+        return "compute-matched"
+    if model == STAGE1_ROW:
+        return "stage 1"
+    for schedule in config.SCHEDULES:
+        if model in [model_name(loss, schedule) for loss in methods.NAMES]:
+            return schedule
+    return None
+
+
+def plateau(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per group of trained runs (:func:`run_group`): how many, the share that kept their last epoch, its gain.
+
+    The last-epoch gain is the last epoch's validation score minus the best
+    before it (validation mAP; validation accuracy for stage 1): positive
+    while a run still improved as its budget ended. Its median and largest
+    value per group are NaN when the results predate that column.
+    """
+    groups = comparison.assign(group=comparison["model"].map(run_group)).dropna(subset=["group"])
+    gain = groups["last-epoch gain"] if "last-epoch gain" in groups else pd.Series(np.nan, index=groups.index)
+    table = pd.DataFrame({
+        "runs": groups.groupby("group").size(),
+        "kept last epoch": (groups["best epoch"] == groups["epochs trained"]).groupby(groups["group"]).mean(),
+        "median last-epoch gain": gain.groupby(groups["group"]).median(),
+        "largest last-epoch gain": gain.groupby(groups["group"]).max(),
+        "epochs": groups.groupby("group")["epochs trained"].median(),
+    })
+    order = [group for group in (*config.SCHEDULES, "compute-matched", "stage 1") if group in table.index]
+    return table.loc[order].rename_axis("group")
+
+
+def plateau_sentence(comparison: pd.DataFrame) -> str:
+    """The plateau check in words: the retrieval runs' kept-last share against the target, then each group's.
+
+    A group reads "one-stage: 87% of 15 runs (12 epochs), median gain
+    +0.0019 (largest +0.0049)": the share that kept their last epoch, and
+    what that epoch added to the best before it (validation mAP; points of
+    validation accuracy for stage 1).
+    """
+    share = kept_last_share(comparison)
+    verdict = (f"under the {PLATEAU_TARGET:.0%} the budget aims at" if share < PLATEAU_TARGET else
+               f"more than the {PLATEAU_TARGET:.0%} the budget aims at: a run whose last epoch is its best was "
+               "still improving when its budget ended, and its score is a lower bound")
+    parts = []
+    for group, row in plateau(comparison).iterrows():
+        runs_, scale = int(row["runs"]), 100 if group == "stage 1" else 1
+        part = f"{group}: {row['kept last epoch']:.0%} of {runs_} run{'s' if runs_ != 1 else ''} ({int(row['epochs'])} epochs)"
+        if np.isfinite(row["median last-epoch gain"]):
+            digits = 1 if group == "stage 1" else 4
+            part += (f", median gain {scale * row['median last-epoch gain']:+.{digits}f} "
+                     f"(largest {scale * row['largest last-epoch gain']:+.{digits}f})")
+        parts.append(part)
+    return (f"{share:.0%} of the retrieval runs kept their last epoch, {verdict}. By group, with what the last epoch "
+            "added to the best before it (validation mAP; for stage 1, points of validation accuracy): "
+            + "; ".join(parts) + ".")
+
+
+def longer_budget_sentence(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)") -> str:
+    """What more epochs gave the one-stage double margin: the compute-matched run against the one-stage run, in words.
+
+    Both are the one-stage double margin at the same settings; the
+    compute-matched run only trains longer. The differences are means over
+    the seeds both have, of the best validation mAP and of the test ``metric``.
+    """
+    short, long = (comparison[comparison["model"] == name].set_index("seed") for name in ("double, one-stage", MATCHED))
+    seeds = short.index.intersection(long.index)
+    if not len(seeds):
+        return ""
+    val = float((long.loc[seeds, "best val_mAP"] - short.loc[seeds, "best val_mAP"]).mean())
+    test = float((long.loc[seeds, metric] - short.loc[seeds, metric]).mean())
+    return (f"The compute-matched run is the one-stage double margin trained "
+            f"{int(long['epochs trained'].median())} epochs instead of {int(short['epochs trained'].median())}: "
+            f"its kept validation mAP is {val:+.3f} above the shorter run's and its test {metric} {test:+.3f} "
+            f"(means over {len(seeds)} seeds), a measure of what the one-stage runs still lack at "
+            f"{int(short['epochs trained'].median())} epochs.")
 
 
 def validation_noise(table: pd.DataFrame, last: int = 5) -> pd.DataFrame:

@@ -157,6 +157,14 @@ def test_the_compute_matched_run_decays_its_learning_rate_at_the_same_fraction_o
     assert protocol.compute_matched_profile(replace(tutorial, ret_lr_step=1), 3).ret_lr_step == 1   # never 0
 
 
+def test_last_epoch_gain_is_the_last_score_minus_the_best_before_it():
+    def run(scores, column="val_mAP"):
+        return SimpleNamespace(val_column=column, epochs=pd.DataFrame({"epoch": range(len(scores)), column: scores}))
+    assert protocol.last_epoch_gain(run([0.2, 0.5, 0.4, 0.53])) == pytest.approx(0.03)    # still rising: kept last
+    assert protocol.last_epoch_gain(run([0.2, 0.5, 0.4, 0.45])) == pytest.approx(-0.05)   # past its best
+    assert protocol.last_epoch_gain(run([0.7, 0.3], "val_accuracy")) == pytest.approx(-0.4)  # epoch 0 counts
+
+
 def test_compute_matched_epochs_by_hand():
     release = _release()
     # stage 1: 2 epochs x 50 images; two-stage retrieval: 2 epochs x 64 images; 228 images at 64 an epoch: 3.56 -> 4
@@ -194,7 +202,7 @@ def _test_release():
 
 def _stage1_run(seed: int = 0):
     return SimpleNamespace(kind="classifier", last_epoch=2, best_epoch=2, val_column="val_accuracy", best_score=0.4,
-                           wall_time=3.0, key=f"stage1-{seed}", config={"kind": "classifier"},
+                           epochs=pd.DataFrame({"epoch": [0, 1, 2], "val_accuracy": [0.1, 0.3, 0.4]}), wall_time=3.0, key=f"stage1-{seed}", config={"kind": "classifier"},
                            model=SimpleNamespace(embedding=lambda: SimpleNamespace(eval=lambda: "stage-1 features")))
 
 
@@ -215,8 +223,10 @@ def fake_runs(monkeypatch):
         margins = {k: tuned[k] for k in methods.get(loss).margin_fields} if margins is None else margins
         start = init if isinstance(init, str) else "stage 1"
         name = f"{loss} from {start}" + ("" if profile.ret_epochs == SMOKE.ret_epochs else f", {profile.ret_epochs}")
+        curve = [0.3, 0.6] + [0.5] * (profile.ret_epochs - 2) + [0.55]  # best at epoch 1, the last 0.05 below it
         return SimpleNamespace(kind="retrieval", last_epoch=profile.ret_epochs, best_epoch=1, val_column="val_mAP",
-                               best_score=0.6, wall_time=7.04, key=name, model=name,
+                               best_score=0.6, epochs=pd.DataFrame({"epoch": range(len(curve)), "val_mAP": curve}),
+                               wall_time=7.04, key=name, model=name,
                                config={"kind": "retrieval", "loss": loss, "lr": lr, **margins})
 
     def default_settings(profile, loss, init):
@@ -292,6 +302,10 @@ def test_seed_jobs_rows_hold_the_runs_settings_images_and_test_metrics(fake_runs
     assert rows.loc["double, two-stage", ["epochs trained", "best epoch", "best val_mAP", "train s"]].tolist() == [
         2, 1, 0.6, 7.0]
     assert rows.loc["stage-1 features only", "best val_accuracy"] == 0.4
+    gain = rows["last-epoch gain"]  # the last epoch's score minus the best before it
+    assert gain["stage-1 features only"] == pytest.approx(0.4 - 0.3)
+    assert gain["double, two-stage"] == pytest.approx(0.55 - 0.6) and gain[report.MATCHED] == pytest.approx(0.55 - 0.6)
+    assert np.isnan(gain["ImageNet features only"])
 
 
 FAKE_MODELS = {**{f"{loss}, {schedule}": f"{loss} from {'imagenet' if schedule == 'one-stage' else 'stage 1'}"

@@ -199,6 +199,50 @@ def test_kept_last_share_counts_the_trained_retrieval_runs_only():
     assert report.kept_last_share(table) == pytest.approx(3 / 5)
 
 
+def _plateau_table():
+    return pd.DataFrame({
+        "model": ["double, one-stage", "single, one-stage", "double, two-stage", "triplet, two-stage", report.MATCHED,
+                  "stage-1 features only", "random ranking", "ImageNet features only"],
+        "best epoch": [12, 12, 5, 12, 19, 11, np.nan, np.nan],
+        "epochs trained": [12, 12, 12, 12, 19, 12, np.nan, np.nan],
+        "last-epoch gain": [0.004, 0.002, -0.01, 0.0005, 0.001, -0.02, np.nan, np.nan]})
+
+
+def test_plateau_groups_the_trained_runs_by_schedule():
+    table = report.plateau(_plateau_table())
+    assert table.index.tolist() == ["one-stage", "two-stage", "compute-matched", "stage 1"]
+    assert table["runs"].tolist() == [2, 2, 1, 1]
+    assert table["kept last epoch"].tolist() == [1.0, 0.5, 1.0, 0.0]
+    assert table.loc["one-stage", "median last-epoch gain"] == pytest.approx(0.003)
+    assert table.loc["two-stage", "largest last-epoch gain"] == pytest.approx(0.0005)
+    assert table["epochs"].tolist() == [12, 12, 19, 12]
+    # results that predate the gain column still give the shares
+    older = report.plateau(_plateau_table().drop(columns="last-epoch gain"))
+    assert older["kept last epoch"].tolist() == [1.0, 0.5, 1.0, 0.0] and older["median last-epoch gain"].isna().all()
+
+
+def test_plateau_sentence_states_the_share_against_the_target_and_each_group():
+    text = report.plateau_sentence(_plateau_table())
+    assert text.startswith("80% of the retrieval runs kept their last epoch, more than the 10% the budget aims at")
+    assert "one-stage: 100% of 2 runs (12 epochs), median gain +0.0030 (largest +0.0040)" in text
+    assert "compute-matched: 100% of 1 run (19 epochs), median gain +0.0010" in text
+    assert text.endswith("stage 1: 0% of 1 run (12 epochs), median gain -2.0 (largest -2.0).")  # points of accuracy
+    assert "median gain" not in report.plateau_sentence(_plateau_table().drop(columns="last-epoch gain"))
+    flat = _plateau_table().assign(**{"best epoch": [3, 4, 5, 6, 7, 8, np.nan, np.nan]})
+    assert report.plateau_sentence(flat).startswith("0% of the retrieval runs kept their last epoch, under the 10%")
+    assert report.run_group("random ranking") is None and report.run_group("triplet, two-stage") == "two-stage"
+
+
+def test_longer_budget_sentence_compares_the_compute_matched_run_with_the_one_stage_run_seed_by_seed():
+    table = pd.DataFrame({"model": ["double, one-stage"] * 3 + [report.MATCHED] * 2,
+                          "seed": [0, 1, 2, 0, 1], "epochs trained": [12, 12, 12, 19, 19],
+                          "best val_mAP": [0.50, 0.52, 0.9, 0.56, 0.60], "mAP (trapezoid)": [0.4, 0.5, 0.9, 0.43, 0.55]})
+    text = report.longer_budget_sentence(table)  # seed 2 has no compute-matched run: left out
+    assert "trained 19 epochs instead of 12" in text
+    assert "validation mAP is +0.070 above" in text and "test mAP (trapezoid) +0.040 (means over 2 seeds)" in text
+    assert report.longer_budget_sentence(table[table["model"] != report.MATCHED]) == ""
+
+
 def test_validation_noise_by_hand():
     # epochs in any order; the last five (2 to 6) count
     table = pd.DataFrame({"epoch": [6, 0, 3, 1, 5, 2, 4],

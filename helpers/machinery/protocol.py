@@ -233,10 +233,21 @@ def _test_rows(name: str, seed: int, model, release, profile: config.Profile, ex
     return row, per_query
 
 
+def last_epoch_gain(run: runs.Run) -> float:
+    """The last epoch's validation score minus the best score of the epochs before it (epoch 0 included).
+
+    Positive when the run was still improving as its budget ended, so its
+    kept epoch is the last one and a longer budget might gain more; zero or
+    negative once it has passed its best.
+    """
+    scores = run.epochs[run.val_column].to_numpy(dtype=float)
+    return float(scores[-1] - scores[:-1].max())
+
+
 def _run_columns(run: runs.Run, images: int) -> dict:
     columns = {"epochs trained": run.last_epoch, "best epoch": run.best_epoch,
-               f"best {run.val_column}": run.best_score, "train s": round(float(run.wall_time), 1),
-               "images seen": images}
+               f"best {run.val_column}": run.best_score, "last-epoch gain": last_epoch_gain(run),
+               "train s": round(float(run.wall_time), 1), "images seen": images}
     if run.kind == "retrieval":
         method = methods.get(run.config["loss"])
         columns.update(lr=run.config["lr"],
@@ -281,7 +292,7 @@ def seed_jobs(release, seed: int, profile: config.Profile) -> list[tuple[str, Ca
 
     def stage1_features():
         run = stage1()
-        return _test_rows("stage-1 features only", seed, run.model.embedding().eval(), release, profile,
+        return _test_rows(report.STAGE1_ROW, seed, run.model.embedding().eval(), release, profile,
                           _run_columns(run, stage1_images))
 
     def imagenet_features():
@@ -295,7 +306,7 @@ def seed_jobs(release, seed: int, profile: config.Profile) -> list[tuple[str, Ca
     jobs = [(report.model_name(loss, schedule), retrieval(loss, schedule))
             for schedule in config.SCHEDULES for loss in methods.NAMES]
     return jobs + [(report.MATCHED, matched), ("ImageNet features only", imagenet_features),
-                   ("stage-1 features only", stage1_features), ("random ranking", chance)]
+                   (report.STAGE1_ROW, stage1_features), ("random ranking", chance)]
 
 
 # --------------------------------------------------------------------------- what the runs show
