@@ -255,8 +255,7 @@ def tolerance(comparison: pd.DataFrame, metric: str = "mAP (trapezoid)", n_seeds
 
 def kept_last_share(comparison: pd.DataFrame) -> float:
     """The share of the trained retrieval runs whose kept (best validation) epoch is their last one."""
-    runs_ = comparison[comparison["model"].isin([model_name(loss, stage) for loss in methods.NAMES
-                                                 for stage in config.SCHEDULES] + [MATCHED])]
+    runs_ = comparison[comparison["model"].map(run_group).isin([*config.SCHEDULES, "compute-matched"])]
     return float((runs_["best epoch"] == runs_["epochs trained"]).mean())
 
 
@@ -284,15 +283,14 @@ def plateau(comparison: pd.DataFrame) -> pd.DataFrame:
     while a run still improved as its budget ended. Its median and largest
     value per group are NaN when the results predate that column.
     """
-    groups = comparison.assign(group=comparison["model"].map(run_group)).dropna(subset=["group"])
-    gain = groups["last-epoch gain"] if "last-epoch gain" in groups else pd.Series(np.nan, index=groups.index)
-    table = pd.DataFrame({
-        "runs": groups.groupby("group").size(),
-        "kept last epoch": (groups["best epoch"] == groups["epochs trained"]).groupby(groups["group"]).mean(),
-        "median last-epoch gain": gain.groupby(groups["group"]).median(),
-        "largest last-epoch gain": gain.groupby(groups["group"]).max(),
-        "epochs": groups.groupby("group")["epochs trained"].median(),
-    })
+    gain = comparison["last-epoch gain"] if "last-epoch gain" in comparison else np.nan
+    groups = (comparison.assign(group=comparison["model"].map(run_group), gain=gain,
+                                kept=comparison["best epoch"] == comparison["epochs trained"])
+              .dropna(subset=["group"]).groupby("group"))
+    table = pd.DataFrame({"runs": groups.size(), "kept last epoch": groups["kept"].mean(),
+                          "median last-epoch gain": groups["gain"].median(),
+                          "largest last-epoch gain": groups["gain"].max(),
+                          "epochs": groups["epochs trained"].median()})
     order = [group for group in (*config.SCHEDULES, "compute-matched", "stage 1") if group in table.index]
     return table.loc[order].rename_axis("group")
 
@@ -330,7 +328,8 @@ def longer_budget_sentence(comparison: pd.DataFrame, metric: str = "mAP (trapezo
     compute-matched run only trains longer. The differences are means over
     the seeds both have, of the best validation mAP and of the test ``metric``.
     """
-    short, long = (comparison[comparison["model"] == name].set_index("seed") for name in ("double, one-stage", MATCHED))
+    short, long = (comparison[comparison["model"] == name].set_index("seed")
+                   for name in (model_name("double", "one-stage"), MATCHED))
     seeds = short.index.intersection(long.index)
     if not len(seeds):
         return ""
